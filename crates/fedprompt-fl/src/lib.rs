@@ -1,0 +1,36 @@
+//! Transport-free federated core of fedprompt.
+//!
+//! [`Params`] (named f32 tensors, safetensors on the wire), [`ClientUpdate`]s,
+//! [`Strategy`]s (weighted FedAvg = Federated Prompt Averaging, FedProx,
+//! FedAdam/FedYogi/FedAdagrad), seeded client [`Sampling`], a [`CommLedger`],
+//! and a [`Server`] round state machine with checkpoints. The only I/O is
+//! [`ServerState::save_checkpoint`] and [`ServerState::load_checkpoint`].
+
+#![warn(missing_docs)]
+
+mod checkpoint;
+pub mod codec;
+mod comm;
+pub mod dp;
+mod error;
+mod params;
+mod sampling;
+mod server;
+mod strategy;
+mod update;
+
+pub use comm::{CommEntry, CommLedger, Traffic};
+pub use error::{FlError, ParamsError, Result};
+pub use params::{Layout, Params, Tensor};
+pub use sampling::{round_rng, Phase, Sampling};
+pub use server::{
+    EvalOutcome, EvalRound, FitRound, RoundCollector, RoundOutcome, Server, ServerState,
+};
+pub use strategy::{
+    add_proximal_grad, fedavg, proximal_term, weighted_average_f64, ClientConfig, ConfigValue,
+    EvalAggregate, FedAvg, FedOpt, FedOptKind, FedOptParams, FedOptState, FedProx, RoundPlan,
+    RoundPolicy, Strategy, StrategyConfig, StrategyState,
+};
+pub use update::{
+    screen_updates, weighted_metrics, ClientId, ClientUpdate, EvaluateResult, Failure, Metrics,
+};

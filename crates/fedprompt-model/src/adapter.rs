@@ -1,0 +1,1 @@
+//! Adapters in PEFT's layout (filled below).

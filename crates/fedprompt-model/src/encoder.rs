@@ -1,0 +1,351 @@
+//! The frozen multilingual encoder (XLM-RoBERTa / RoBERTa / BERT, post-LN) that takes either
+//! token ids or input embeddings, so that soft prompts can be placed before the text.
+
+use candle_core::{DType, Module, Tensor};
+
+use crate::config::{Activation, EncoderConfig};
+use crate::error::Result;
+use crate::nn::{softmax_last_dim, ForwardCtx, LayerNorm, Linear, LoraDelta};
+use crate::weights::ParamSource;
+
+/// Token, position and token-type embeddings followed by layer norm.
+#[derive(Clone, Debug)]
+pub struct Embeddings {
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    norm: LayerNorm,
+    dropout: f64,
+    position_offset: usize,
+}
+
+impl Embeddings {
+    /// Loads `embeddings.*`.
+    pub fn load(cfg: &EncoderConfig, src: &ParamSource) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Embeddings {
+            word: src.get(&[cfg.vocab_size, h], "word_embeddings.weight")?,
+            position: src.get(
+                &[cfg.max_position_embeddings, h],
+                "position_embeddings.weight",
+            )?,
+            token_type: src.get(&[cfg.type_vocab_size, h], "token_type_embeddings.weight")?,
+            norm: LayerNorm::load(h, cfg.layer_norm_eps, &src.pp("LayerNorm"))?,
+            dropout: cfg.hidden_dropout_prob,
+            position_offset: cfg.position_offset(),
+        })
+    }
+
+    /// The word-embedding matrix `[vocab, hidden]`.
+    pub fn word_embeddings(&self) -> &Tensor {
+        &self.word
+    }
+
+    /// Looks up word embeddings of `ids [B, L]` → `[B, L, H]`.
+    pub fn embed_tokens(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        let flat = ids.flatten_all()?.to_dtype(DType::U32)?;
+        self.word
+            .index_select(&flat, 0)?
+            .reshape((b, l, self.word.dim(1)?))
+    }
+
+    /// Adds positions (sequential from the family's offset) and token types, then normalises.
+    ///
+    /// Sequences are right-padded, so sequential positions equal Hugging Face's mask-based
+    /// positions on every real token (padding is masked out of attention).
+    pub fn forward(
+        &self,
+        inputs_embeds: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        ctx: &ForwardCtx,
+    ) -> candle_core::Result<Tensor> {
+        let (b, l, h) = inputs_embeds.dims3()?;
+        let pos = self.position.narrow(0, self.position_offset, l)?;
+        let mut x = inputs_embeds.broadcast_add(&pos.unsqueeze(0)?)?;
+        match token_type_ids {
+            Some(tt) => {
+                let flat = tt.flatten_all()?.to_dtype(DType::U32)?;
+                let te = self.token_type.index_select(&flat, 0)?.reshape((b, l, h))?;
+                x = (x + te)?;
+            }
+            None => {
+                let row = self.token_type.narrow(0, 0, 1)?;
+                x = x.broadcast_add(&row.unsqueeze(0)?)?;
+            }
+        }
+        let x = self.norm.forward(&x)?;
+        ctx.dropout(&x, self.dropout)
+    }
+}
+
+/// Multi-head self-attention with its output projection and residual layer norm.
+#[derive(Clone, Debug)]
+pub struct Attention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    output: Linear,
+    norm: LayerNorm,
+    heads: usize,
+    head_dim: usize,
+    attn_dropout: f64,
+    hidden_dropout: f64,
+}
+
+impl Attention {
+    /// Loads `attention.*`.
+    pub fn load(cfg: &EncoderConfig, src: &ParamSource) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let s = src.pp("self");
+        Ok(Attention {
+            query: Linear::load(h, h, &s.pp("query"))?,
+            key: Linear::load(h, h, &s.pp("key"))?,
+            value: Linear::load(h, h, &s.pp("value"))?,
+            output: Linear::load(h, h, &src.pp("output").pp("dense"))?,
+            norm: LayerNorm::load(h, cfg.layer_norm_eps, &src.pp("output").pp("LayerNorm"))?,
+            heads: cfg.num_attention_heads,
+            head_dim: h / cfg.num_attention_heads,
+            attn_dropout: cfg.attention_probs_dropout_prob,
+            hidden_dropout: cfg.hidden_dropout_prob,
+        })
+    }
+
+    fn split_heads(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, l, _) = x.dims3()?;
+        x.reshape((b, l, self.heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// `x [B, L, H]`, `mask_bias [B, 1, 1, L]` (0 or a large negative number).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        mask_bias: &Tensor,
+        ctx: &ForwardCtx,
+    ) -> candle_core::Result<Tensor> {
+        let (b, l, h) = x.dims3()?;
+        let q = self.split_heads(&self.query.forward_ctx(x, ctx)?)?;
+        let k = self.split_heads(&self.key.forward_ctx(x, ctx)?)?;
+        let v = self.split_heads(&self.value.forward_ctx(x, ctx)?)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask_bias)?;
+        let probs = softmax_last_dim(&scores)?;
+        let probs = ctx.dropout(&probs, self.attn_dropout)?;
+        let ctx_out = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, l, h))?;
+        let out = self.output.forward_ctx(&ctx_out, ctx)?;
+        let out = ctx.dropout(&out, self.hidden_dropout)?;
+        self.norm.forward(&(out + x)?)
+    }
+}
+
+/// One transformer layer: attention, then the feed-forward block with residual layer norm.
+#[derive(Clone, Debug)]
+pub struct EncoderLayer {
+    attention: Attention,
+    intermediate: Linear,
+    output: Linear,
+    norm: LayerNorm,
+    act: Activation,
+    hidden_dropout: f64,
+}
+
+impl EncoderLayer {
+    /// Loads `encoder.layer.{i}.*`.
+    pub fn load(cfg: &EncoderConfig, src: &ParamSource) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let i = cfg.intermediate_size;
+        Ok(EncoderLayer {
+            attention: Attention::load(cfg, &src.pp("attention"))?,
+            intermediate: Linear::load(i, h, &src.pp("intermediate").pp("dense"))?,
+            output: Linear::load(h, i, &src.pp("output").pp("dense"))?,
+            norm: LayerNorm::load(h, cfg.layer_norm_eps, &src.pp("output").pp("LayerNorm"))?,
+            act: cfg.hidden_act,
+            hidden_dropout: cfg.hidden_dropout_prob,
+        })
+    }
+
+    /// Applies the layer.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        mask_bias: &Tensor,
+        ctx: &ForwardCtx,
+    ) -> candle_core::Result<Tensor> {
+        let a = self.attention.forward(x, mask_bias, ctx)?;
+        let inter = self.intermediate.forward_ctx(&a, ctx)?;
+        let inter = match self.act {
+            Activation::Gelu => inter.gelu_erf()?,
+            Activation::GeluTanh => inter.gelu()?,
+            Activation::Relu => inter.relu()?,
+        };
+        let out = self.output.forward_ctx(&inter, ctx)?;
+        let out = ctx.dropout(&out, self.hidden_dropout)?;
+        self.norm.forward(&(out + a)?)
+    }
+}
+
+/// Which projection inside a layer a LoRA delta attaches to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LoraTarget {
+    /// `attention.self.query`
+    Query,
+    /// `attention.self.key`
+    Key,
+    /// `attention.self.value`
+    Value,
+    /// `attention.output.dense`
+    AttentionOutput,
+    /// `intermediate.dense`
+    Intermediate,
+    /// `output.dense`
+    Output,
+}
+
+impl LoraTarget {
+    /// Parses a PEFT target-module name (`query`, `value`, `key`, `dense`...).
+    pub fn parse(name: &str) -> Option<Vec<LoraTarget>> {
+        Some(match name {
+            "query" => vec![LoraTarget::Query],
+            "key" => vec![LoraTarget::Key],
+            "value" => vec![LoraTarget::Value],
+            "attention.output.dense" => vec![LoraTarget::AttentionOutput],
+            "intermediate.dense" => vec![LoraTarget::Intermediate],
+            "output.dense" => vec![LoraTarget::Output],
+            "dense" => vec![
+                LoraTarget::AttentionOutput,
+                LoraTarget::Intermediate,
+                LoraTarget::Output,
+            ],
+            _ => return None,
+        })
+    }
+
+    /// The module path inside `encoder.layer.{i}`.
+    pub fn module_path(self) -> &'static str {
+        match self {
+            LoraTarget::Query => "attention.self.query",
+            LoraTarget::Key => "attention.self.key",
+            LoraTarget::Value => "attention.self.value",
+            LoraTarget::AttentionOutput => "attention.output.dense",
+            LoraTarget::Intermediate => "intermediate.dense",
+            LoraTarget::Output => "output.dense",
+        }
+    }
+
+    fn linear_mut(self, layer: &mut EncoderLayer) -> &mut Linear {
+        match self {
+            LoraTarget::Query => &mut layer.attention.query,
+            LoraTarget::Key => &mut layer.attention.key,
+            LoraTarget::Value => &mut layer.attention.value,
+            LoraTarget::AttentionOutput => &mut layer.attention.output,
+            LoraTarget::Intermediate => &mut layer.intermediate,
+            LoraTarget::Output => &mut layer.output,
+        }
+    }
+
+    /// `(out, in)` of the target projection.
+    pub fn dims(self, cfg: &EncoderConfig) -> (usize, usize) {
+        let h = cfg.hidden_size;
+        let i = cfg.intermediate_size;
+        match self {
+            LoraTarget::Intermediate => (i, h),
+            LoraTarget::Output => (h, i),
+            _ => (h, h),
+        }
+    }
+}
+
+/// The encoder: embeddings and the stack of layers. Cheap to clone (tensors are shared), so
+/// one frozen copy serves every client; LoRA makes a clone with deltas attached.
+#[derive(Clone, Debug)]
+pub struct Encoder {
+    cfg: EncoderConfig,
+    embeddings: Embeddings,
+    layers: Vec<EncoderLayer>,
+}
+
+impl Encoder {
+    /// Loads `embeddings.*` and `encoder.layer.*` from `src` (already prefixed, e.g. `roberta`).
+    pub fn load(cfg: &EncoderConfig, src: &ParamSource) -> Result<Self> {
+        let embeddings = Embeddings::load(cfg, &src.pp("embeddings"))?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| EncoderLayer::load(cfg, &src.pp("encoder.layer").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Encoder {
+            cfg: cfg.clone(),
+            embeddings,
+            layers,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EncoderConfig {
+        &self.cfg
+    }
+
+    /// The embeddings block.
+    pub fn embeddings(&self) -> &Embeddings {
+        &self.embeddings
+    }
+
+    /// Word embeddings of `ids [B, L]`.
+    pub fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        self.embeddings.embed_tokens(ids)
+    }
+
+    /// A clone with LoRA deltas attached: `deltas[(layer, target)]`.
+    pub fn with_lora(&self, deltas: &[(usize, LoraTarget, LoraDelta)]) -> Self {
+        let mut enc = self.clone();
+        for (layer, target, delta) in deltas {
+            let lin = target.linear_mut(&mut enc.layers[*layer]);
+            *lin = lin.with_lora(delta.clone());
+        }
+        enc
+    }
+
+    /// Runs the encoder from input embeddings `[B, L, H]` with `attention_mask [B, L]`
+    /// (1 = attend, 0 = padding); returns the last hidden states `[B, L, H]`.
+    pub fn forward_embeds(
+        &self,
+        inputs_embeds: &Tensor,
+        attention_mask: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        ctx: &ForwardCtx,
+    ) -> candle_core::Result<Tensor> {
+        let (b, l, _) = inputs_embeds.dims3()?;
+        if l > self.cfg.max_sequence_len() {
+            candle_core::bail!(
+                "sequence of {l} tokens exceeds the model's {} positions",
+                self.cfg.max_sequence_len()
+            );
+        }
+        let mask = attention_mask.to_dtype(DType::F32)?;
+        // (1 - mask) * -1e9 : padded keys get no weight.
+        let bias = ((mask.affine(-1.0, 1.0))? * -1e9)?.reshape((b, 1, 1, l))?;
+        let mut x = self
+            .embeddings
+            .forward(inputs_embeds, token_type_ids, ctx)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, &bias, ctx)?;
+        }
+        Ok(x)
+    }
+
+    /// Runs the encoder from token ids.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        ctx: &ForwardCtx,
+    ) -> candle_core::Result<Tensor> {
+        let e = self.embed(input_ids)?;
+        self.forward_embeds(&e, attention_mask, token_type_ids, ctx)
+    }
+}

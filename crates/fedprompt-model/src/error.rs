@@ -1,0 +1,69 @@
+//! Errors of the model crate: every variant names the file or tensor at fault and says what to do.
+
+use std::path::PathBuf;
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+/// What can go wrong when loading, running or saving a model or adapter.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A model folder, file or adapter path does not exist.
+    #[error("{what} not found at {path}: {hint}")]
+    NotFound {
+        what: &'static str,
+        path: PathBuf,
+        hint: &'static str,
+    },
+    /// An I/O error on a named file.
+    #[error("cannot read or write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `config.json` (or `adapter_config.json`) is not valid.
+    #[error("invalid {path}: {msg}")]
+    Config { path: PathBuf, msg: String },
+    /// The folder holds an architecture fedprompt cannot run.
+    #[error("unsupported architecture in {path}: {arch}; fedprompt runs XLM-RoBERTa, RoBERTa and BERT encoders (model_type xlm-roberta, roberta or bert)")]
+    UnknownArchitecture { path: PathBuf, arch: String },
+    /// A weight file is corrupt or not safetensors.
+    #[error("cannot read safetensors file {path}: {msg}; the file may be truncated or corrupt, download or convert it again")]
+    Safetensors { path: PathBuf, msg: String },
+    /// A tensor the model needs is absent from the weights.
+    #[error("tensor `{name}` is missing from {path}; the weights do not match config.json (wrong model folder?)")]
+    MissingTensor { name: String, path: PathBuf },
+    /// A tensor has another shape than the configuration implies.
+    #[error("tensor `{name}` in {path} has shape {got:?} but the configuration needs {expected:?}")]
+    ShapeMismatch {
+        name: String,
+        path: PathBuf,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+    /// `tokenizer.json` is missing or unreadable.
+    #[error("tokenizer problem with {path}: {msg}")]
+    Tokenizer { path: PathBuf, msg: String },
+    /// An adapter does not fit the model or method it is loaded into.
+    #[error("adapter {path} does not fit this model: {msg}")]
+    Adapter { path: PathBuf, msg: String },
+    /// The PEFT method configuration is invalid.
+    #[error("invalid PEFT method configuration: {0}")]
+    Method(String),
+    /// Input to a forward pass is invalid (empty batch, too long...).
+    #[error("invalid input: {0}")]
+    Input(String),
+    /// An error inside the tensor library.
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+impl ModelError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        ModelError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Differentiable building blocks: linear layers that can carry LoRA, layer norm, softmax and
+//! seeded dropout.
+//!
+//! candle's fast `softmax_last_dim` and `LayerNorm` paths have no backward pass, so gradients
+//! would stop there silently; the compositions here are differentiable end to end.
+
+use std::sync::Mutex;
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Per-forward context: training mode and the seeded random source for dropout.
+pub struct ForwardCtx {
+    train: bool,
+    rng: Mutex<ChaCha8Rng>,
+}
+
+impl ForwardCtx {
+    /// Inference: no dropout.
+    pub fn eval() -> Self {
+        ForwardCtx {
+            train: false,
+            rng: Mutex::new(ChaCha8Rng::seed_from_u64(0)),
+        }
+    }
+
+    /// Training with dropout masks drawn from a generator seeded with `seed`.
+    pub fn train(seed: u64) -> Self {
+        ForwardCtx {
+            train: true,
+            rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+        }
+    }
+
+    /// Whether dropout is active.
+    pub fn is_train(&self) -> bool {
+        self.train
+    }
+
+    /// Inverted dropout with probability `p` (identity in eval mode or for `p == 0`).
+    pub fn dropout(&self, xs: &Tensor, p: f64) -> Result<Tensor> {
+        if !self.train || p <= 0.0 {
+            return Ok(xs.clone());
+        }
+        let n = xs.elem_count();
+        let keep = 1.0 - p;
+        let scale = (1.0 / keep) as f32;
+        let mut rng = self.rng.lock().expect("dropout rng poisoned");
+        let mask: Vec<f32> = (0..n)
+            .map(|_| if rng.random::<f64>() < keep { scale } else { 0.0 })
+            .collect();
+        drop(rng);
+        let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?;
+        xs.mul(&mask)
+    }
+}
+
+/// A LoRA update `x · Aᵀ · Bᵀ · (alpha / r)` attached to a linear layer.
+#[derive(Clone, Debug)]
+pub struct LoraDelta {
+    /// `lora_A.weight`, shape `[r, in]`.
+    pub a: Tensor,
+    /// `lora_B.weight`, shape `[out, r]`.
+    pub b: Tensor,
+    /// `alpha / r`.
+    pub scale: f64,
+    /// Dropout on the LoRA input.
+    pub dropout: f64,
+}
+
+/// A linear layer `y = x Wᵀ + b`, frozen or trainable, with an optional LoRA delta.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    lora: Option<LoraDelta>,
+}
+
+impl Linear {
+    /// A linear layer from its weight `[out, in]` and bias `[out]`.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Linear {
+            weight,
+            bias,
+            lora: None,
+        }
+    }
+
+    /// Loads `weight` and `bias` from a parameter source.
+    pub fn load(
+        out_dim: usize,
+        in_dim: usize,
+        src: &crate::weights::ParamSource,
+    ) -> crate::Result<Self> {
+        let weight = src.get(&[out_dim, in_dim], "weight")?;
+        let bias = src.get(&[out_dim], "bias")?;
+        Ok(Linear::new(weight, Some(bias)))
+    }
+
+    /// The weight `[out, in]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// Input width.
+    pub fn in_dim(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    /// Output width.
+    pub fn out_dim(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    /// A copy of this layer (sharing the frozen weight) with a LoRA delta attached.
+    pub fn with_lora(&self, lora: LoraDelta) -> Self {
+        Linear {
+            weight: self.weight.clone(),
+            bias: self.bias.clone(),
+            lora: Some(lora),
+        }
+    }
+
+    /// Applies the layer to `[..., in]`.
+    pub fn forward_ctx(&self, xs: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        let dims = xs.dims().to_vec();
+        let in_dim = dims[dims.len() - 1];
+        let rows = xs.elem_count() / in_dim;
+        let x2 = xs.reshape((rows, in_dim))?;
+        let mut y = x2.matmul(&self.weight.t()?)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some(l) = &self.lora {
+            let xd = ctx.dropout(&x2, l.dropout)?;
+            let delta = xd.matmul(&l.a.t()?)?.matmul(&l.b.t()?)?;
+            y = (y + (delta * l.scale)?)?;
+        }
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("non-empty dims") = self.out_dim();
+        y.reshape(out_dims)
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_ctx(xs, &ForwardCtx::eval())
+    }
+}
+
+/// Layer normalisation over the last dimension, differentiable in all its inputs.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// From gamma, beta and epsilon.
+    pub fn new(weight: Tensor, bias: Tensor, eps: f64) -> Self {
+        LayerNorm { weight, bias, eps }
+    }
+
+    /// Loads `weight` and `bias` of width `dim`.
+    pub fn load(dim: usize, eps: f64, src: &crate::weights::ParamSource) -> crate::Result<Self> {
+        Ok(LayerNorm::new(
+            src.get(&[dim], "weight")?,
+            src.get(&[dim], "bias")?,
+            eps,
+        ))
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let mean = xs.mean_keepdim(D::Minus1)?;
+        let xc = xs.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+        let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        xn.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
+/// Softmax over the last dimension, differentiable (the max is a detached constant).
+pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    let max = xs.max_keepdim(D::Minus1)?.detach();
+    let e = xs.broadcast_sub(&max)?.exp()?;
+    let s = e.sum_keepdim(D::Minus1)?;
+    e.broadcast_div(&s)
+}
+
+/// Mean cross-entropy of `logits [B, C]` against integer `labels [B]`.
+pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let max = logits.max_keepdim(D::Minus1)?.detach();
+    let shifted = logits.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let logp = shifted.broadcast_sub(&lse)?;
+    let labels = labels.to_dtype(DType::U32)?.unsqueeze(1)?;
+    let picked = logp.gather(&labels, 1)?;
+    picked.neg()?.mean_all()
+}

@@ -1,0 +1,23 @@
+//! Results of a fedprompt run and their reports.
+//!
+//! [`RunResults`] is the serde model the simulator fills; [`write_all`] turns it into a results
+//! folder (`results.json`, CSV files, `tables.md` shaped like the paper's Tables 1–4, and SVG + PNG
+//! plots) and [`load`] reads it back. All accuracies are fractions in `[0, 1]`.
+
+mod error;
+mod io;
+mod model;
+mod plots;
+mod tables;
+
+pub use error::{ReportError, Result};
+pub use io::{
+    accuracy_records, load, write_all, write_atomic, write_csvs, write_json, write_tables,
+    AccuracyRecord, CurveRecord, RESULTS_JSON,
+};
+pub use model::{CommRow, Curve, DataEffPoint, LangMetrics, ParadigmRow, RoundPoint, RunResults};
+pub use plots::{ensure_font, write_plot, write_plots, PlotKind, PLOT_SIZE};
+pub use tables::{
+    accuracy_table, comm_table, group_decimal, group_thousands, megabytes, percent, render_summary,
+    tables_markdown,
+};
