@@ -14,7 +14,7 @@ What it makes (all under crates/fedprompt-model/tests/fixtures/, small, determin
   adapters/F-M/          F in {xlmr, bert}; M in {prompt, prompt-encoder, lora}: PEFT's own
                          save_pretrained layout (adapter_config.json + adapter_model.safetensors);
                          M = head: head.safetensors with the classifier tensors under HF names
-  refs/F-M.safetensors   inputs, labels, logits, loss and grad/<param name> for every trainable
+  refs/F-M.safetensors   inputs, labels, logits, loss, grad/<param name> and param/<param name> for every trainable
                          parameter (eval mode, mean cross-entropy), M in {prompt, prompt-encoder,
                          lora, head, full}; prompt methods also store `prompt_output` [P, H]
                          (the virtual-token embeddings that get prepended)
@@ -448,6 +448,9 @@ def grads_and_names(model):
             shapes[n] = list(p.shape)
             g = p.grad if p.grad is not None else torch.zeros_like(p)
             grads["grad/" + n] = g.detach().to(torch.float32).contiguous().clone()
+            # The value itself too, so a reimplementation can start from the exact same state
+            # (the P-tuning MLP is not stored in PEFT's adapter file).
+            grads["param/" + n] = p.detach().to(torch.float32).contiguous().clone()
     return names, shapes, grads
 
 

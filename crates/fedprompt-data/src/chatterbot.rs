@@ -38,7 +38,7 @@ pub const CHATTERBOT_TOPICS: [&str; 10] = [
 ];
 
 /// The seven languages that have all ten topics and that the demo uses
-/// (directory names). Persian also has all ten.
+/// (directory names). Persian has nine (no `ai`), Spanish five.
 pub const CHATTERBOT_DEMO_LANGUAGES: [&str; 7] = [
     "english",
     "italian",
@@ -165,6 +165,8 @@ pub struct Conversation {
     pub language: String,
     /// Canonical topic.
     pub topic: String,
+    /// The topic's index in [`ChatterbotCorpus::topics`].
+    pub label: usize,
     /// The file.
     pub path: PathBuf,
     /// 0-based position in the file's `conversations` list.
@@ -360,7 +362,7 @@ pub fn read_chatterbot(
         let code = chatterbot_language_code(ldir).unwrap_or(ldir);
         let files = topic_files(dir, ldir)?;
         let before = conversations.len();
-        for topic in topics.names() {
+        for (label, topic) in topics.names().iter().enumerate() {
             let Some(path) = files.get(topic) else {
                 let mut have: Vec<&String> = files.keys().collect();
                 have.sort();
@@ -389,6 +391,7 @@ pub fn read_chatterbot(
                     .map(|(index, lines)| Conversation {
                         language: code.to_string(),
                         topic: topic.clone(),
+                        label,
                         path: path.clone(),
                         index,
                         lines,
@@ -486,13 +489,9 @@ pub fn load_chatterbot(dir: impl AsRef<Path>, opts: &ChatterbotOptions) -> Resul
         idx.iter()
             .flat_map(|&i| {
                 let c = &corpus.conversations[i];
-                let label = corpus
-                    .topics
-                    .index(&c.topic)
-                    .expect("topic comes from the map");
                 c.lines
                     .iter()
-                    .map(move |l| Example::new(l.clone(), label, c.language.clone()))
+                    .map(move |l| Example::new(l.clone(), c.label, c.language.clone()))
             })
             .collect()
     };

@@ -373,10 +373,13 @@ fn read_jsonl_raw(path: &Path, format: &GenericFormat, policy: &mut Policy) -> R
         )));
     }
     let mut rows = Vec::new();
-    let mut missing_checked = false;
+    let mut first = true;
     for (ln, raw) in raw_lines(&bytes) {
         if raw.iter().all(u8::is_ascii_whitespace) {
             continue;
+        }
+        if std::mem::take(&mut first) {
+            check_keys(path, raw, format)?;
         }
         let parsed = (|| -> Result<RawRow> {
             let line = decode(path, ln, raw)?;
@@ -442,37 +445,33 @@ fn read_jsonl_raw(path: &Path, format: &GenericFormat, policy: &mut Policy) -> R
         })();
         match parsed {
             Ok(r) => rows.push(r),
-            Err(e) => {
-                // A key missing from the very first record is a missing column,
-                // not a bad line: report it as such and never skip it.
-                if !missing_checked {
-                    if let DataError::BadLine { message, .. } = &e {
-                        if let Some(key) = message
-                            .strip_prefix("no key `")
-                            .and_then(|m| m.strip_suffix('`'))
-                        {
-                            return Err(DataError::MissingColumn {
-                                path: path.to_path_buf(),
-                                column: key.to_string(),
-                                found: first_keys(raw),
-                            });
-                        }
-                    }
-                }
-                policy.bad(e)?;
-            }
+            Err(e) => policy.bad(e)?,
         }
-        missing_checked = true;
     }
     Ok(rows)
 }
 
-fn first_keys(raw: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(raw)
-        .ok()
-        .and_then(|v| {
-            v.as_object()
-                .map(|o| o.keys().cloned().collect::<Vec<_>>().join(", "))
-        })
-        .unwrap_or_default()
+/// The first record must hold every configured key (the JSON analogue of a
+/// header): a key absent there is a missing column, never a skipped line.
+fn check_keys(path: &Path, raw: &[u8], format: &GenericFormat) -> Result<()> {
+    let Ok(serde_json::Value::Object(obj)) = serde_json::from_slice::<serde_json::Value>(raw)
+    else {
+        return Ok(()); // reported as a bad line by the caller
+    };
+    let wanted = [
+        Some(&format.text),
+        Some(&format.label),
+        format.text_pair.as_ref(),
+        format.language_column.as_ref(),
+    ];
+    for key in wanted.into_iter().flatten() {
+        if !obj.contains_key(key) {
+            return Err(DataError::MissingColumn {
+                path: path.to_path_buf(),
+                column: key.clone(),
+                found: obj.keys().cloned().collect::<Vec<_>>().join(", "),
+            });
+        }
+    }
+    Ok(())
 }

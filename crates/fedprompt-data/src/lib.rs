@@ -2,7 +2,7 @@
 //! CSV/TSV/JSON lines and the chatterbot-corpus demo data; label maps;
 //! seeded per-language sampling of the paper's sizes; and the federated
 //! partitioners (per language, IID, the paper's mixture α, Dirichlet α,
-//! size reduction).
+//! size reduction); and seeded, optionally length-bucketed batch orders.
 //!
 //! Readers never skip a bad line silently: a bad line is an error naming the
 //! file and line, unless [`ReadOptions::skip_bad_lines`] turns it into a
@@ -12,6 +12,7 @@ mod error;
 mod io;
 mod types;
 
+pub mod batch;
 pub mod chatterbot;
 pub mod generic;
 pub mod masakhanews;
@@ -20,6 +21,7 @@ pub mod sample;
 pub mod xglue;
 pub mod xnli;
 
+pub use batch::{batch_indices, padding_tokens, BatchOrder};
 pub use chatterbot::{
     chatterbot_language_code, load_chatterbot, read_chatterbot, split_conversations,
     survey_chatterbot, ChatterbotOptions, CHATTERBOT_DEMO_LANGUAGES, CHATTERBOT_TOPICS,

@@ -238,3 +238,34 @@ pub(crate) fn choose_from(
 ) -> Vec<usize> {
     choose(examples, pool, n, stratify, rng)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apportion_sums_and_breaks_ties() {
+        assert_eq!(apportion(10, &[1.0, 1.0, 1.0], None), [4, 3, 3]);
+        assert_eq!(apportion(10, &[1.0, 1.0, 1.0], Some(2)), [3, 3, 4]);
+        assert_eq!(apportion(7, &[0.0, 2.0, 5.0], None), [0, 2, 5]);
+        assert_eq!(apportion(5, &[0.0, 0.0], None), [0, 0]);
+        assert_eq!(apportion(1, &[0.3, 0.3, 0.4], None), [0, 0, 1]);
+        for n in 0..50 {
+            assert_eq!(
+                apportion(n, &[0.1, 0.7, 0.2, 1e-9], None)
+                    .iter()
+                    .sum::<usize>(),
+                n
+            );
+        }
+    }
+
+    #[test]
+    fn derived_streams_differ_by_salt_and_seed() {
+        use rand::Rng;
+        let a: u64 = derived_rng(1, "x").random();
+        assert_eq!(a, derived_rng(1, "x").random::<u64>());
+        assert_ne!(a, derived_rng(1, "y").random::<u64>());
+        assert_ne!(a, derived_rng(2, "x").random::<u64>());
+    }
+}

@@ -96,10 +96,9 @@ pub fn read_xnli(
                     ),
                 ));
             }
-            let lang = match (lang_col, &fixed_language) {
-                (Some(c), _) => fields[c].trim().to_string(),
-                (None, Some(l)) => l.clone(),
-                (None, None) => unreachable!("one of the two is set"),
+            let lang = match lang_col {
+                Some(c) => fields[c].trim().to_string(),
+                None => fixed_language.clone().unwrap_or_default(),
             };
             if lang.is_empty() {
                 return Err(policy.bad_line(ln, "empty language"));

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 
 use fedprompt_data::chatterbot::{chatterbot_topic, read_chatterbot_file};
 use fedprompt_data::{
-    chatterbot_language_code, language_counts, load_chatterbot, read_chatterbot, split_conversations,
-    survey_chatterbot, ChatterbotOptions, DataError, CHATTERBOT_DEMO_LANGUAGES, CHATTERBOT_TOPICS,
+    chatterbot_language_code, language_counts, load_chatterbot, read_chatterbot,
+    split_conversations, survey_chatterbot, ChatterbotOptions, DataError,
+    CHATTERBOT_DEMO_LANGUAGES, CHATTERBOT_TOPICS,
 };
 
 fn dir() -> PathBuf {
@@ -31,7 +32,10 @@ fn odd_yaml_is_counted_not_silently_dropped() {
     assert_eq!(f.conversations.len(), 8);
     let (idx, odd) = &f.conversations[6];
     assert_eq!(*idx, 6);
-    assert_eq!(odd, &["en-greet odd question", "42", "true", "en-greet odd answer"]);
+    assert_eq!(
+        odd,
+        &["en-greet odd question", "42", "true", "en-greet odd answer"]
+    );
     assert_eq!(
         f.conversations[7].1,
         ["en-greet scalar conversation - written without a dash"]
@@ -40,9 +44,17 @@ fn odd_yaml_is_counted_not_silently_dropped() {
     // 42 and true coerced; null, blank, nested dropped; scalar conversation;
     // null conversation; empty conversation.
     assert_eq!(msgs.len(), 8, "{msgs:#?}");
-    assert_eq!(msgs.iter().filter(|m| m.contains("read as text")).count(), 2);
+    assert_eq!(
+        msgs.iter().filter(|m| m.contains("read as text")).count(),
+        2
+    );
     assert_eq!(msgs.iter().filter(|m| m.contains("dropped")).count(), 5);
-    assert_eq!(msgs.iter().filter(|m| m.contains("one-line conversation")).count(), 1);
+    assert_eq!(
+        msgs.iter()
+            .filter(|m| m.contains("one-line conversation"))
+            .count(),
+        1
+    );
 }
 
 #[test]
@@ -58,8 +70,15 @@ fn loads_labels_languages_and_codes() {
     // Labels come from the file name.
     for e in ds.train.iter().chain(&ds.eval) {
         let topic = ds.labels.name(e.label).unwrap();
-        let prefix = format!("{}-{}", e.language, if topic == "greetings" { "greet" } else { topic });
-        assert!(e.text.starts_with(&prefix) || e.text == "42" || e.text == "true", "{e:?}");
+        let prefix = format!(
+            "{}-{}",
+            e.language,
+            if topic == "greetings" { "greet" } else { topic }
+        );
+        assert!(
+            e.text.starts_with(&prefix) || e.text == "42" || e.text == "true",
+            "{e:?}"
+        );
     }
     assert!(!ds.warnings.is_empty());
 }
@@ -71,13 +90,23 @@ fn spanish_file_names_map_to_topics() {
     assert_eq!(chatterbot_topic("spanish", "emociones"), "emotion");
     assert_eq!(chatterbot_topic("spanish", "psicologia"), "psychology");
     assert_eq!(chatterbot_topic("english", "ai"), "ai");
-    assert_eq!(chatterbot_language_code("traditionalchinese"), Some("zh_hant"));
+    assert_eq!(
+        chatterbot_language_code("traditionalchinese"),
+        Some("zh_hant")
+    );
     let mut o = opts(&["es"], 0.2, 1);
     o.topics = vec!["ai".into(), "money".into(), "greetings".into()];
     let ds = load_chatterbot(dir(), &o).unwrap();
-    let ai: Vec<_> = ds.train.iter().chain(&ds.eval).filter(|e| e.label == 0).collect();
+    let ai: Vec<_> = ds
+        .train
+        .iter()
+        .chain(&ds.eval)
+        .filter(|e| e.label == 0)
+        .collect();
     assert_eq!(ai.len(), 12);
-    assert!(ai.iter().all(|e| e.text.starts_with("es-ai") && e.language == "es"));
+    assert!(ai
+        .iter()
+        .all(|e| e.text.starts_with("es-ai") && e.language == "es"));
 }
 
 #[test]
@@ -87,7 +116,10 @@ fn missing_topic_is_an_error_unless_allowed() {
     let mut o = opts(&["spanish"], 0.2, 0);
     o.allow_missing_topics = true;
     let ds = load_chatterbot(dir(), &o).unwrap();
-    assert!(ds.warnings.iter().any(|w| w.message.contains("no topic `food`")));
+    assert!(ds
+        .warnings
+        .iter()
+        .any(|w| w.message.contains("no topic `food`")));
     assert_eq!(ds.labels.len(), 3, "the label map stays shared");
     // A language with none of the topics is empty.
     let mut o = opts(&["spanish"], 0.2, 0);
@@ -100,7 +132,10 @@ fn missing_topic_is_an_error_unless_allowed() {
     assert!(load_chatterbot(dir(), &opts(&["klingon"], 0.2, 0)).is_err());
     // A language the package has but the directory lacks: an I/O error naming it.
     let err = load_chatterbot(dir(), &opts(&["korean"], 0.2, 0)).unwrap_err();
-    assert!(matches!(err, DataError::Io { .. }) && err.to_string().contains("korean"), "{err}");
+    assert!(
+        matches!(err, DataError::Io { .. }) && err.to_string().contains("korean"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -128,7 +163,8 @@ fn no_conversation_crosses_the_split() {
                 let shared = !group && c.lines[0] == "en-ai question 0";
                 if !shared {
                     assert!(
-                        (in_tr == c.lines.len() && in_ev == 0) || (in_ev == c.lines.len() && in_tr == 0),
+                        (in_tr == c.lines.len() && in_ev == 0)
+                            || (in_ev == c.lines.len() && in_tr == 0),
                         "conversation {c:?} crosses the split (seed {seed})"
                     );
                 }
@@ -155,7 +191,12 @@ fn split_is_seeded_and_every_file_has_eval() {
     let a = load_chatterbot(dir(), &opts(&["english"], 0.25, 3)).unwrap();
     let b = load_chatterbot(dir(), &opts(&["english"], 0.25, 3)).unwrap();
     assert_eq!(a, b);
-    let differs = (0..10u64).any(|s| load_chatterbot(dir(), &opts(&["english"], 0.25, s)).unwrap().eval != a.eval);
+    let differs = (0..10u64).any(|s| {
+        load_chatterbot(dir(), &opts(&["english"], 0.25, s))
+            .unwrap()
+            .eval
+            != a.eval
+    });
     assert!(differs, "the seed changes the split");
     // Each (language, topic) with ≥ 2 groups has eval examples.
     let mut per_label = BTreeMap::new();
@@ -165,7 +206,12 @@ fn split_is_seeded_and_every_file_has_eval() {
     assert_eq!(per_label.len(), 3, "{per_label:?}");
     // Adding a language leaves the other language's split unchanged.
     let both = load_chatterbot(dir(), &opts(&["english", "zh_hant"], 0.25, 3)).unwrap();
-    let en_eval: Vec<_> = both.eval.iter().filter(|e| e.language == "en").cloned().collect();
+    let en_eval: Vec<_> = both
+        .eval
+        .iter()
+        .filter(|e| e.language == "en")
+        .cloned()
+        .collect();
     assert_eq!(en_eval, a.eval);
     // eval_fraction 0: everything trains.
     let z = load_chatterbot(dir(), &opts(&["english"], 0.0, 3)).unwrap();
@@ -177,9 +223,14 @@ fn split_is_seeded_and_every_file_has_eval() {
 #[test]
 fn survey_of_fixture_dir() {
     let s = survey_chatterbot(dir()).unwrap();
-    let en_ai = s.iter().find(|r| r.language_dir == "english" && r.topic == "ai").unwrap();
+    let en_ai = s
+        .iter()
+        .find(|r| r.language_dir == "english" && r.topic == "ai")
+        .unwrap();
     assert_eq!((en_ai.conversations, en_ai.lines), (12, 24));
-    assert!(s.iter().any(|r| r.language_dir == "spanish" && r.topic == "money"));
+    assert!(s
+        .iter()
+        .any(|r| r.language_dir == "spanish" && r.topic == "money"));
 }
 
 /// Runs on the real unpacked `chatterbot_corpus/data` when
@@ -203,7 +254,11 @@ fn real_corpus_if_available() {
     for (lang, topics) in &table {
         let cells: Vec<String> = CHATTERBOT_TOPICS
             .iter()
-            .map(|t| topics.get(t).map_or("-".into(), |(c, l)| format!("{l}/{c}")))
+            .map(|t| {
+                topics
+                    .get(t)
+                    .map_or("-".into(), |(c, l)| format!("{l}/{c}"))
+            })
             .collect();
         eprintln!("{lang:20} {}", cells.join(" "));
     }
@@ -217,7 +272,10 @@ fn real_corpus_if_available() {
     }
     let ds = load_chatterbot(&real, &ChatterbotOptions::default()).unwrap();
     ds.validate().unwrap();
-    assert_eq!(ds.languages(), ["en", "it", "ja", "ko", "uk", "zh", "zh_hant"]);
+    assert_eq!(
+        ds.languages(),
+        ["en", "it", "ja", "ko", "uk", "zh", "zh_hant"]
+    );
     eprintln!(
         "default load: train {} eval {} warnings {}; train per language {:?}",
         ds.train.len(),
@@ -229,11 +287,17 @@ fn real_corpus_if_available() {
         eprintln!("  {w}");
     }
     let eval_texts: HashSet<&str> = ds.eval.iter().map(|e| e.text.as_str()).collect();
-    let leaked = ds.train.iter().filter(|e| eval_texts.contains(e.text.as_str())).count();
+    let leaked = ds
+        .train
+        .iter()
+        .filter(|e| eval_texts.contains(e.text.as_str()))
+        .count();
     eprintln!("train lines whose exact text also occurs in eval: {leaked}");
-    let mut es = ChatterbotOptions::default();
-    es.languages = vec!["spanish".into()];
-    es.allow_missing_topics = true;
+    let es = ChatterbotOptions {
+        languages: vec!["spanish".into()],
+        allow_missing_topics: true,
+        ..ChatterbotOptions::default()
+    };
     let ds = load_chatterbot(&real, &es).unwrap();
     assert_eq!(ds.languages(), ["es"]);
     let labels: HashSet<usize> = ds.train.iter().map(|e| e.label).collect();

@@ -3,12 +3,14 @@
 use std::path::{Path, PathBuf};
 
 use fedprompt_data::{
-    read_generic, read_masakhanews, read_xglue_nc, read_xnli, scan_labels, select_languages, DataError,
-    Example, FileFormat, GenericFormat, LabelMap, MasakhaInput, ReadOptions,
+    read_generic, read_masakhanews, read_xglue_nc, read_xnli, scan_labels, select_languages,
+    DataError, Example, FileFormat, GenericFormat, LabelMap, MasakhaInput, ReadOptions,
 };
 
 fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
 }
 
 const STRICT: ReadOptions = ReadOptions {
@@ -56,7 +58,10 @@ fn xnli_dev_language_filter() {
     assert_eq!(de.examples.len(), 2);
     assert!(de.examples.iter().all(|e| e.language == "de"));
     let err = read_xnli(fixture("xnli/xnli.dev.tsv"), Some("sw"), &STRICT).unwrap_err();
-    assert!(matches!(err, DataError::EmptyLanguage { ref language } if language == "sw"), "{err}");
+    assert!(
+        matches!(err, DataError::EmptyLanguage { ref language } if language == "sw"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -65,8 +70,14 @@ fn xnli_train_maps_contradictory_and_takes_language_from_name() {
     let labels: Vec<usize> = out.examples.iter().map(|e| e.label).collect();
     assert_eq!(labels, [0, 2, 1, 2]);
     assert!(out.examples.iter().all(|e| e.language == "de"));
-    assert_eq!(out.examples[0].text, "Die Katze schläft auf dem \"warmen\" Sofa.");
-    assert_eq!(out.examples[0].text_pair.as_deref(), Some("Ein Tier ruht sich aus."));
+    assert_eq!(
+        out.examples[0].text,
+        "Die Katze schläft auf dem \"warmen\" Sofa."
+    );
+    assert_eq!(
+        out.examples[0].text_pair.as_deref(),
+        Some("Ein Tier ruht sich aus.")
+    );
     let over = read_xnli(fixture("xnli/multinli.train.de.tsv"), Some("xx"), &STRICT).unwrap();
     assert!(over.examples.iter().all(|e| e.language == "xx"));
 }
@@ -79,7 +90,9 @@ fn xnli_errors_name_file_and_line() {
     );
     let err = read_xnli(&p, None, &STRICT).unwrap_err();
     match &err {
-        DataError::UnknownLabel { path, line, label, .. } => {
+        DataError::UnknownLabel {
+            path, line, label, ..
+        } => {
             assert_eq!(path, &p);
             assert_eq!(*line, 3);
             assert_eq!(label, "maybe");
@@ -93,11 +106,18 @@ fn xnli_errors_name_file_and_line() {
     assert_eq!(out.warnings.len(), 2);
     assert_eq!(out.warnings[0].line, Some(3));
     assert_eq!(out.warnings[1].line, Some(4));
-    assert!(out.warnings[1].message.contains("expected 3"), "{}", out.warnings[1]);
+    assert!(
+        out.warnings[1].message.contains("expected 3"),
+        "{}",
+        out.warnings[1]
+    );
 
     let (_d, p) = temp_file("x.tsv", b"premise\tlabel\nA.\tentailment\n");
     let err = read_xnli(&p, Some("fr"), &STRICT).unwrap_err();
-    assert!(matches!(err, DataError::MissingColumn { ref column, .. } if column == "hypo"), "{err}");
+    assert!(
+        matches!(err, DataError::MissingColumn { ref column, .. } if column == "hypo"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -108,7 +128,10 @@ fn invalid_utf8_reports_its_line_and_can_be_skipped() {
     );
     let m = LabelMap::xglue_nc();
     let err = read_xglue_nc(&p, None, &m, &STRICT).unwrap_err();
-    assert!(matches!(err, DataError::InvalidUtf8 { line: 2, .. }), "{err}");
+    assert!(
+        matches!(err, DataError::InvalidUtf8 { line: 2, .. }),
+        "{err}"
+    );
     let out = read_xglue_nc(&p, None, &m, &SKIP).unwrap();
     assert_eq!(out.examples.len(), 2);
     assert_eq!(out.warnings.len(), 1);
@@ -123,11 +146,17 @@ fn xglue_nc_reads_title_body_category() {
     assert!(out.examples.iter().all(|e| e.language == "de"));
     let e = &out.examples[1];
     assert_eq!(e.text, "Rezept: Apfelkuchen");
-    assert_eq!(e.text_pair.as_deref(), Some("Ein \"einfacher\" Kuchen für den Sonntag."));
+    assert_eq!(
+        e.text_pair.as_deref(),
+        Some("Ein \"einfacher\" Kuchen für den Sonntag.")
+    );
     assert_eq!(m.name(e.label), Some("foodanddrink"));
     // CRLF endings are accepted.
     let en = read_xglue_nc(fixture("xglue/xglue.nc.en.train"), None, &m, &STRICT).unwrap();
-    assert_eq!(en.examples[2].text_pair.as_deref(), Some("Doctors advise getting vaccinated now."));
+    assert_eq!(
+        en.examples[2].text_pair.as_deref(),
+        Some("Doctors advise getting vaccinated now.")
+    );
     assert_eq!(m.name(en.examples[2].label), Some("health"));
 }
 
@@ -171,16 +200,36 @@ fn masakhanews_joins_headline_and_text() {
     assert!(out.examples[2].text.contains("\"a yi rigakafi\""));
     assert_eq!(m.name(out.examples[3].label), Some("business"));
 
-    let pair = read_masakhanews(fixture("masakhanews/yor/dev.tsv"), None, MasakhaInput::Pair, &m, &STRICT).unwrap();
+    let pair = read_masakhanews(
+        fixture("masakhanews/yor/dev.tsv"),
+        None,
+        MasakhaInput::Pair,
+        &m,
+        &STRICT,
+    )
+    .unwrap();
     assert_eq!(pair.examples[1].text, "Foonu tuntun");
-    assert_eq!(pair.examples[1].text_pair.as_deref(), Some("Ile-ise naa gbe foonu tuntun\tjade loni."));
+    assert_eq!(
+        pair.examples[1].text_pair.as_deref(),
+        Some("Ile-ise naa gbe foonu tuntun\tjade loni.")
+    );
     assert_eq!(pair.examples[1].language, "yo");
 }
 
 #[test]
 fn masakhanews_missing_column() {
-    let (_d, p) = temp_file("eng/train.tsv", b"category\theadline\turl\nsports\tX\thttp://x\n");
-    let err = read_masakhanews(&p, None, MasakhaInput::HeadlineText, &LabelMap::masakhanews(), &SKIP).unwrap_err();
+    let (_d, p) = temp_file(
+        "eng/train.tsv",
+        b"category\theadline\turl\nsports\tX\thttp://x\n",
+    );
+    let err = read_masakhanews(
+        &p,
+        None,
+        MasakhaInput::HeadlineText,
+        &LabelMap::masakhanews(),
+        &SKIP,
+    )
+    .unwrap_err();
     match err {
         DataError::MissingColumn { column, found, .. } => {
             assert_eq!(column, "text");
@@ -204,12 +253,18 @@ fn generic_csv_with_mapping_and_fixed_language_fallback() {
     assert_eq!(labels.names(), ["negative", "positive"]);
     let out = read_generic(&p, &fmt, &labels, &STRICT).unwrap();
     assert_eq!(out.examples.len(), 4);
-    assert_eq!(out.examples[0].text, "Great phone, \"excellent\" battery, would buy again");
+    assert_eq!(
+        out.examples[0].text,
+        "Great phone, \"excellent\" battery, would buy again"
+    );
     assert_eq!(out.examples[1].label, 0);
     assert_eq!(out.examples[2].language, "es");
     // Empty language cell: the fixed language.
     assert_eq!(out.examples[3].language, "en");
-    assert_eq!(out.examples[3].text, "Multi-line\nreview text, fine overall");
+    assert_eq!(
+        out.examples[3].text,
+        "Multi-line\nreview text, fine overall"
+    );
 }
 
 #[test]
@@ -223,21 +278,37 @@ fn generic_hf_jsonl_int_labels_are_indices() {
     let p = fixture("generic/hf_export.jsonl");
     assert_eq!(FileFormat::from_path(&p), Some(FileFormat::Jsonl));
     let out = read_generic(&p, &fmt, &LabelMap::xnli(), &STRICT).unwrap();
-    let got: Vec<(usize, &str)> = out.examples.iter().map(|e| (e.label, e.language.as_str())).collect();
+    let got: Vec<(usize, &str)> = out
+        .examples
+        .iter()
+        .map(|e| (e.label, e.language.as_str()))
+        .collect();
     assert_eq!(got, [(0, "en"), (2, "fr"), (1, "de")]);
-    assert_eq!(out.examples[1].text_pair.as_deref(), Some("Personne ne joue."));
+    assert_eq!(
+        out.examples[1].text_pair.as_deref(),
+        Some("Personne ne joue.")
+    );
     // Scanned from ints: names "0".."2".
     assert_eq!(scan_labels(&[&p], &fmt).unwrap().names(), ["0", "1", "2"]);
     // A map too small for the indices is an unknown-label error with the line.
     let small = LabelMap::new(["a", "b"]).unwrap();
     let err = read_generic(&p, &fmt, &small, &STRICT).unwrap_err();
-    assert!(matches!(err, DataError::UnknownLabel { line: 2, .. }), "{err}");
+    assert!(
+        matches!(err, DataError::UnknownLabel { line: 2, .. }),
+        "{err}"
+    );
 }
 
 #[test]
 fn generic_jsonl_string_labels_and_undetermined_language() {
     let p = fixture("generic/names.jsonl");
-    let out = read_generic(&p, &GenericFormat::default(), &LabelMap::xglue_nc(), &STRICT).unwrap();
+    let out = read_generic(
+        &p,
+        &GenericFormat::default(),
+        &LabelMap::xglue_nc(),
+        &STRICT,
+    )
+    .unwrap();
     assert_eq!(out.examples.len(), 3);
     assert!(out.examples.iter().all(|e| e.language == "und"));
     assert_eq!(out.examples[2].label, 0);
@@ -260,7 +331,10 @@ fn generic_jsonl_errors() {
     // A key absent from the first record is a missing column, never skipped.
     let (_d, p) = temp_file("d.jsonl", b"{\"sentence\":\"ok\",\"label\":\"a\"}\n");
     let err = read_generic(&p, &GenericFormat::default(), &m, &SKIP).unwrap_err();
-    assert!(matches!(err, DataError::MissingColumn { ref column, .. } if column == "text"), "{err}");
+    assert!(
+        matches!(err, DataError::MissingColumn { ref column, .. } if column == "text"),
+        "{err}"
+    );
 
     let (_d, p) = temp_file("d.json", b"[{\"text\":\"ok\",\"label\":\"a\"}]");
     assert!(matches!(
@@ -271,7 +345,10 @@ fn generic_jsonl_errors() {
 
 #[test]
 fn generic_csv_ragged_row_and_missing_column() {
-    let (_d, p) = temp_file("d.csv", b"text,label\nfine,a\ntoo,many,fields\nalso fine,b\n");
+    let (_d, p) = temp_file(
+        "d.csv",
+        b"text,label\nfine,a\ntoo,many,fields\nalso fine,b\n",
+    );
     let m = LabelMap::new(["a", "b"]).unwrap();
     let err = read_generic(&p, &GenericFormat::default(), &m, &STRICT).unwrap_err();
     assert!(matches!(err, DataError::BadLine { line: 3, .. }), "{err}");
@@ -281,7 +358,10 @@ fn generic_csv_ragged_row_and_missing_column() {
 
     let (_d, p) = temp_file("d.tsv", b"sentence\tlabel\nx\ta\n");
     let err = read_generic(&p, &GenericFormat::default(), &m, &STRICT).unwrap_err();
-    assert!(matches!(err, DataError::MissingColumn { ref column, .. } if column == "text"), "{err}");
+    assert!(
+        matches!(err, DataError::MissingColumn { ref column, .. } if column == "text"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -297,14 +377,19 @@ fn label_map_rules() {
     let back: LabelMap = serde_json::from_str(&json).unwrap();
     assert_eq!(back, m);
     assert!(serde_json::from_str::<LabelMap>("[\"x\",\"x\"]").is_err());
-    assert_eq!(LabelMap::xnli().names(), ["entailment", "neutral", "contradiction"]);
+    assert_eq!(
+        LabelMap::xnli().names(),
+        ["entailment", "neutral", "contradiction"]
+    );
     assert_eq!(LabelMap::xglue_nc().len(), 10);
     assert_eq!(LabelMap::masakhanews().len(), 7);
 }
 
 #[test]
 fn select_languages_errors_on_missing_language() {
-    let ex = read_xnli(fixture("xnli/xnli.dev.tsv"), None, &STRICT).unwrap().examples;
+    let ex = read_xnli(fixture("xnli/xnli.dev.tsv"), None, &STRICT)
+        .unwrap()
+        .examples;
     assert_eq!(select_languages(&ex, &["de", "fr"]).unwrap().len(), 3);
     assert!(matches!(
         select_languages(&ex, &["de", "ur"]),

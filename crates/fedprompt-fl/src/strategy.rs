@@ -81,7 +81,7 @@ impl RoundPolicy {
             return Err(FlError::Config("minimum results must be at least 1".into()));
         }
         if let Some(t) = self.round_timeout_s {
-            if !(t.is_finite() && t > 0.0) {
+            if !(t > 0.0 && Duration::try_from_secs_f64(t).is_ok()) {
                 return Err(FlError::Config(format!(
                     "round_timeout_s must be positive, got {t}"
                 )));
@@ -150,7 +150,9 @@ impl RoundPolicy {
             phase,
             clients,
             config,
-            deadline_hint: self.round_timeout_s.map(Duration::from_secs_f64),
+            deadline_hint: self
+                .round_timeout_s
+                .and_then(|t| Duration::try_from_secs_f64(t).ok()),
             min_results: self.min_results(phase),
         })
     }

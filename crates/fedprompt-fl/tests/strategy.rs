@@ -24,8 +24,11 @@ fn build(cfg: StrategyConfig) -> Box<dyn FlStrategy> {
     cfg.build(RoundPolicy::default()).unwrap()
 }
 
-/// Clients (weights, values per tensor) with a shared random layout.
-fn clients_strategy() -> impl Strategy<Value = (Vec<usize>, Vec<(u64, Vec<Vec<f32>>)>)> {
+/// One client: weight and values per tensor.
+type Client = (u64, Vec<Vec<f32>>);
+
+/// Clients with a shared random layout (tensor lengths).
+fn clients_strategy() -> impl Strategy<Value = (Vec<usize>, Vec<Client>)> {
     prop::collection::vec(1usize..20, 1..4).prop_flat_map(|shape_lens| {
         let tensors: Vec<_> = shape_lens
             .iter()

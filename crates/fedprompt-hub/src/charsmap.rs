@@ -35,13 +35,16 @@ pub fn build_precompiled_charsmap<S: AsRef<str>, T: AsRef<str>>(map: &[(S, T)]) 
             }
         };
         if keys.insert(src.as_bytes(), off).is_some() {
-            return Err(HubError::Tokenizer(format!("charsmap key {src:?} appears twice")));
+            return Err(HubError::Tokenizer(format!(
+                "charsmap key {src:?} appears twice"
+            )));
         }
     }
     let keyset: Vec<(&[u8], u32)> = keys.into_iter().collect();
     let trie = yada::builder::DoubleArrayBuilder::build(&keyset)
         .ok_or_else(|| HubError::Tokenizer("building the double-array trie failed".into()))?;
-    let size = u32::try_from(trie.len()).map_err(|_| HubError::Tokenizer("trie too large".into()))?;
+    let size =
+        u32::try_from(trie.len()).map_err(|_| HubError::Tokenizer("trie too large".into()))?;
     let mut out = Vec::with_capacity(4 + trie.len() + blob.len());
     out.extend_from_slice(&size.to_le_bytes());
     out.extend_from_slice(&trie);
@@ -57,7 +60,13 @@ mod tests {
 
     #[test]
     fn tokenizers_precompiled_reads_our_charsmap() {
-        let map = [("Ａ", "A"), ("\t", " "), ("\u{200b}", ""), ("ﬁ", "fi"), ("①", "1")];
+        let map = [
+            ("Ａ", "A"),
+            ("\t", " "),
+            ("\u{200b}", ""),
+            ("ﬁ", "fi"),
+            ("①", "1"),
+        ];
         let bytes = build_precompiled_charsmap(&map).unwrap();
         let pc = Precompiled::from(&bytes).unwrap();
         for (s, d) in map {

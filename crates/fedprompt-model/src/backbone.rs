@@ -34,7 +34,11 @@ impl Backbone {
         let weights = Weights::open(folder)?;
         let prefix = detect_prefix(&weights, &cfg)?;
         let src = ParamSource::frozen(&weights);
-        let src = if prefix.is_empty() { src } else { src.pp(&prefix) };
+        let src = if prefix.is_empty() {
+            src
+        } else {
+            src.pp(&prefix)
+        };
         let encoder = Encoder::load(&cfg, &src)?;
         let text = TextEncoder::from_file(
             &folder.join("tokenizer.json"),

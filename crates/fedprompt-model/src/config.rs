@@ -131,7 +131,11 @@ impl EncoderConfig {
             other => {
                 return Err(ModelError::UnknownArchitecture {
                     path: path.to_path_buf(),
-                    arch: if other.is_empty() { arch } else { other.to_string() },
+                    arch: if other.is_empty() {
+                        arch
+                    } else {
+                        other.to_string()
+                    },
                 })
             }
         };
@@ -165,12 +169,18 @@ impl EncoderConfig {
             }
         };
         check(raw.hidden_size > 0, "hidden_size must be positive")?;
-        check(raw.num_attention_heads > 0, "num_attention_heads must be positive")?;
+        check(
+            raw.num_attention_heads > 0,
+            "num_attention_heads must be positive",
+        )?;
         check(
             raw.hidden_size % raw.num_attention_heads == 0,
             "hidden_size must be a multiple of num_attention_heads",
         )?;
-        check(raw.num_hidden_layers > 0, "num_hidden_layers must be positive")?;
+        check(
+            raw.num_hidden_layers > 0,
+            "num_hidden_layers must be positive",
+        )?;
         check(raw.vocab_size > 0, "vocab_size must be positive")?;
         check(raw.type_vocab_size > 0, "type_vocab_size must be positive")?;
         let pad_token_id = raw.pad_token_id.unwrap_or(match family {

@@ -35,7 +35,9 @@ pub enum ModelError {
     #[error("tensor `{name}` is missing from {path}; the weights do not match config.json (wrong model folder?)")]
     MissingTensor { name: String, path: PathBuf },
     /// A tensor has another shape than the configuration implies.
-    #[error("tensor `{name}` in {path} has shape {got:?} but the configuration needs {expected:?}")]
+    #[error(
+        "tensor `{name}` in {path} has shape {got:?} but the configuration needs {expected:?}"
+    )]
     ShapeMismatch {
         name: String,
         path: PathBuf,

@@ -48,7 +48,13 @@ impl ForwardCtx {
         let scale = (1.0 / keep) as f32;
         let mut rng = self.rng.lock().expect("dropout rng poisoned");
         let mask: Vec<f32> = (0..n)
-            .map(|_| if rng.random::<f64>() < keep { scale } else { 0.0 })
+            .map(|_| {
+                if rng.random::<f64>() < keep {
+                    scale
+                } else {
+                    0.0
+                }
+            })
             .collect();
         drop(rng);
         let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?;

@@ -79,7 +79,10 @@ impl TrainableSet {
             if !self.vars.contains_key(name) {
                 return Err(ModelError::Adapter {
                     path: origin.to_path_buf(),
-                    msg: format!("unexpected tensor `{name}` (this method trains: {})", self.name_list()),
+                    msg: format!(
+                        "unexpected tensor `{name}` (this method trains: {})",
+                        self.name_list()
+                    ),
                 });
             }
         }
@@ -158,12 +161,11 @@ pub fn save_tensors_with_metadata(
             path: path.to_path_buf(),
             msg: e.to_string(),
         })?;
-    let bytes = safetensors::tensor::serialize(views, metadata).map_err(|e| {
-        ModelError::Safetensors {
+    let bytes =
+        safetensors::tensor::serialize(views, metadata).map_err(|e| ModelError::Safetensors {
             path: path.to_path_buf(),
             msg: e.to_string(),
-        }
-    })?;
+        })?;
     write_atomic(path, &bytes)
 }
 

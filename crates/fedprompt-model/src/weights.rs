@@ -97,12 +97,11 @@ impl Weights {
             }
         }
         // SAFETY: as above, read-only mmap of files we just validated.
-        let st = unsafe { MmapedSafetensors::multi(files) }.map_err(|e| {
-            ModelError::Safetensors {
+        let st =
+            unsafe { MmapedSafetensors::multi(files) }.map_err(|e| ModelError::Safetensors {
                 path: origin.clone(),
                 msg: e.to_string(),
-            }
-        })?;
+            })?;
         Ok(Weights { st, origin, names })
     }
 

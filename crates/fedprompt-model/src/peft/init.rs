@@ -35,8 +35,15 @@ impl Init {
     }
 
     /// PyTorch's `nn.Linear` default (Kaiming-uniform with a = √5): U(±1/√fan_in).
-    pub fn torch_linear(&mut self, out: usize, inp: usize) -> candle_core::Result<(Tensor, Tensor)> {
+    pub fn torch_linear(
+        &mut self,
+        out: usize,
+        inp: usize,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
         let bound = 1.0 / (inp as f64).sqrt();
-        Ok((self.uniform(&[out, inp], bound)?, self.uniform(&[out], bound)?))
+        Ok((
+            self.uniform(&[out, inp], bound)?,
+            self.uniform(&[out], bound)?,
+        ))
     }
 }

@@ -10,7 +10,10 @@ use crate::trainable::TrainableSet;
 
 /// Trainable-set name of a LoRA matrix (`which` is `lora_A` or `lora_B`).
 pub fn param_name(prefix: &str, layer: usize, target: LoraTarget, which: &str) -> String {
-    let base = format!("encoder.layer.{layer}.{}.{which}.weight", target.module_path());
+    let base = format!(
+        "encoder.layer.{layer}.{}.{which}.weight",
+        target.module_path()
+    );
     if prefix.is_empty() {
         base
     } else {
