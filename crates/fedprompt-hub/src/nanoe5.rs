@@ -302,7 +302,7 @@ impl E5File {
                     E5Dtype::F32 => elements * 4,
                     E5Dtype::Q4_0 => elements / QK * Q4_BLOCK_BYTES,
                 };
-                if bytes != want || (dtype == E5Dtype::Q4_0 && elements % QK != 0) {
+                if bytes != want || (dtype == E5Dtype::Q4_0 && !elements.is_multiple_of(QK)) {
                     return Err(c.err(format!(
                         "tensor {name}: {bytes} bytes for {elements} elements of {dtype:?}"
                     )));

