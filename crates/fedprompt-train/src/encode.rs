@@ -47,7 +47,11 @@ pub(crate) fn make_batch(
     let types: Vec<Vec<u32>> = idx.iter().map(|&i| examples[i].type_ids.clone()).collect();
     Ok(Batch::from_ids(
         &ids,
-        if use_types { Some(types.as_slice()) } else { None },
+        if use_types {
+            Some(types.as_slice())
+        } else {
+            None
+        },
         pad_id,
     )?)
 }

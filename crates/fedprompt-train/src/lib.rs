@@ -4,8 +4,10 @@
 
 pub mod encode;
 pub mod metrics;
+pub mod params;
 pub mod trainer;
 
 pub use encode::{encode_examples, EncodedExample};
-pub use metrics::{evaluate, EvalReport, LangScore};
+pub use metrics::{evaluate, score, EvalReport, LangScore};
+pub use params::{assign_params, params_to_tensors, to_params};
 pub use trainer::{train, EpochStat, Proximal, TrainConfig, TrainError, TrainReport};

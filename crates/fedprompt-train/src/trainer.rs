@@ -25,7 +25,11 @@ pub enum TrainError {
     #[error("invalid training configuration: {0}")]
     Config(String),
     #[error("training diverged: the loss became {loss} at epoch {epoch}, step {step}; lower the learning rate")]
-    NonFinite { loss: f32, epoch: usize, step: usize },
+    NonFinite {
+        loss: f32,
+        epoch: usize,
+        step: usize,
+    },
 }
 
 fn d_lr() -> f64 {
