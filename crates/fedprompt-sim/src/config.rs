@@ -1,0 +1,300 @@
+//! The experiment file: one TOML file (plus its seed) determines a run.
+
+use std::path::{Path, PathBuf};
+
+use fedprompt_data::{GenericFormat, PartitionSpec};
+use fedprompt_fl::StrategyConfig;
+use fedprompt_model::MethodConfig;
+use fedprompt_train::TrainConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, SimError};
+
+/// A whole experiment: model, data, training budget and the runs to compare.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// Name, used for the results folder.
+    pub name: String,
+    /// What the task is (shown in the tables).
+    #[serde(default)]
+    pub task: String,
+    /// Master seed: data sampling, initialisation, batches, dropout, client sampling.
+    #[serde(default)]
+    pub seed: u64,
+    /// Results folder (default `results/<name>`), relative to the current directory.
+    #[serde(default)]
+    pub output: Option<PathBuf>,
+    pub model: ModelSection,
+    pub data: DataSection,
+    /// Local training hyperparameters shared by every run (a run may override epochs).
+    #[serde(default)]
+    pub train: TrainConfig,
+    /// Federation defaults for federated runs.
+    #[serde(default)]
+    pub federation: FederationSection,
+    /// The runs (rows of the results table).
+    #[serde(rename = "run")]
+    pub runs: Vec<RunSpec>,
+    /// The data-efficiency ablation (the paper's Figure 4).
+    #[serde(default)]
+    pub data_efficiency: Option<DataEfficiency>,
+    /// Compute language distances φ for the languages (needs lang2vec data).
+    #[serde(default)]
+    pub language_distance: bool,
+}
+
+/// The model folder.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// A Hugging Face folder, or `"default"` for the built-in multilingual-e5-small.
+    #[serde(default = "default_model")]
+    pub path: String,
+    /// Maximum tokens per example (virtual tokens included); longer inputs are truncated.
+    #[serde(default = "default_max_len")]
+    pub max_len: usize,
+}
+
+fn default_model() -> String {
+    "default".into()
+}
+fn default_max_len() -> usize {
+    512
+}
+
+/// Where the examples come from.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    pub source: DataSource,
+    /// Languages (clients in the non-IID setting), as the data names them.
+    pub languages: Vec<String>,
+    /// Training examples per language (sampled with the seed); all if absent.
+    #[serde(default)]
+    pub train_per_language: Option<usize>,
+    /// Evaluation examples per language; all if absent.
+    #[serde(default)]
+    pub eval_per_language: Option<usize>,
+    /// Topics (labels) for the chatterbot demo data; its ten shared topics if absent.
+    #[serde(default)]
+    pub topics: Option<Vec<String>>,
+    /// Turn bad lines into counted warnings instead of errors.
+    #[serde(default)]
+    pub skip_bad_lines: bool,
+}
+
+/// The data sets fedprompt reads.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum DataSource {
+    /// The embedded real demo data (PyPI chatterbot-corpus 1.3.3), split by conversation.
+    Chatterbot {
+        #[serde(default = "default_eval_fraction")]
+        eval_fraction: f64,
+    },
+    /// XNLI: `dir/xnli.dev.tsv` (eval; or `eval_file`) and `train_dir/multinli.train.<lang>.tsv`.
+    Xnli {
+        dir: PathBuf,
+        train_dir: PathBuf,
+        #[serde(default)]
+        eval_file: Option<String>,
+    },
+    /// XGLUE news classification: `dir/xglue.nc.<lang>.{train,dev}`.
+    XglueNc { dir: PathBuf },
+    /// MasakhaNEWS: `dir/<lang>/{train,dev}.tsv`.
+    Masakhanews { dir: PathBuf },
+    /// Generic CSV/TSV/JSONL files with a language column.
+    Files {
+        train: PathBuf,
+        eval: PathBuf,
+        #[serde(default)]
+        format: Option<GenericFormat>,
+    },
+}
+
+fn default_eval_fraction() -> f64 {
+    0.2
+}
+
+/// Federation defaults.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationSection {
+    /// Communication rounds.
+    #[serde(default = "default_rounds")]
+    pub rounds: u64,
+    /// Fraction C of clients per round, in (0, 1].
+    #[serde(default = "one")]
+    pub fraction: f64,
+    /// Aggregation strategy (`type = "fedavg"`: the paper's Federated Prompt Averaging).
+    #[serde(default = "default_strategy")]
+    pub strategy: StrategyConfig,
+    /// Local epochs per round.
+    #[serde(default = "one_usize")]
+    pub local_epochs: usize,
+}
+
+fn default_rounds() -> u64 {
+    10
+}
+fn one() -> f64 {
+    1.0
+}
+fn one_usize() -> usize {
+    1
+}
+fn default_strategy() -> StrategyConfig {
+    StrategyConfig::FedAvg
+}
+
+impl Default for FederationSection {
+    fn default() -> Self {
+        FederationSection {
+            rounds: default_rounds(),
+            fraction: 1.0,
+            strategy: default_strategy(),
+            local_epochs: 1,
+        }
+    }
+}
+
+/// How a run uses the data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Paradigm {
+    /// One model per language, trained on that language only.
+    Monolingual,
+    /// One model on all the data pooled.
+    Centralized,
+    /// Federated: clients train locally, the server averages.
+    Federated,
+}
+
+/// One row of the comparison.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    /// Row label (e.g. `PE_FL (non-IID)`).
+    pub label: String,
+    pub paradigm: Paradigm,
+    /// The method (`type = "prompt" | "prompt-encoder" | "lora" | "head" | "full"`).
+    pub method: MethodConfig,
+    /// Epochs for monolingual / centralized runs (default: `train.epochs`).
+    #[serde(default)]
+    pub epochs: Option<usize>,
+    /// Client partition for federated runs (default: one client per language).
+    #[serde(default)]
+    pub partition: Option<PartitionSpec>,
+    /// Overrides of the federation defaults.
+    #[serde(default)]
+    pub rounds: Option<u64>,
+    #[serde(default)]
+    pub fraction: Option<f64>,
+    #[serde(default)]
+    pub strategy: Option<StrategyConfig>,
+    #[serde(default)]
+    pub local_epochs: Option<usize>,
+    /// Learning rate override (full fine-tuning usually wants a smaller one).
+    #[serde(default)]
+    pub learning_rate: Option<f64>,
+}
+
+/// The data-efficiency ablation: rerun one federated run with every client's training set
+/// reduced to each size.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataEfficiency {
+    /// Label of the run to repeat.
+    pub run: String,
+    /// Training examples per client.
+    pub sizes: Vec<usize>,
+}
+
+impl ExperimentConfig {
+    /// Reads and checks an experiment file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| SimError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        let cfg: ExperimentConfig = toml::from_str(&text).map_err(|e| SimError::Config {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+        cfg.validate().map_err(|msg| SimError::Config {
+            path: path.to_path_buf(),
+            msg,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Checks what can be checked before any work starts.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.name.trim().is_empty() {
+            return Err("`name` must not be empty".into());
+        }
+        if self.runs.is_empty() {
+            return Err("no `[[run]]` given".into());
+        }
+        if self.data.languages.is_empty() {
+            return Err("`data.languages` is empty".into());
+        }
+        if self.model.max_len < 8 {
+            return Err("`model.max_len` must be at least 8".into());
+        }
+        self.train.validate().map_err(|e| format!("[train]: {e}"))?;
+        let mut labels = std::collections::BTreeSet::new();
+        for r in &self.runs {
+            if !labels.insert(r.label.clone()) {
+                return Err(format!("two runs are labelled `{}`", r.label));
+            }
+            r.method
+                .validate()
+                .map_err(|e| format!("run `{}`: {e}", r.label))?;
+            let c = r.fraction.unwrap_or(self.federation.fraction);
+            if !(c > 0.0 && c <= 1.0) {
+                return Err(format!(
+                    "run `{}`: fraction C = {c} is outside (0, 1]",
+                    r.label
+                ));
+            }
+            if r.rounds.unwrap_or(self.federation.rounds) == 0 {
+                return Err(format!("run `{}`: rounds must be at least 1", r.label));
+            }
+            if r.epochs == Some(0) || r.local_epochs == Some(0) {
+                return Err(format!("run `{}`: epochs must be at least 1", r.label));
+            }
+            if let Some(lr) = r.learning_rate {
+                if !(lr.is_finite() && lr > 0.0) {
+                    return Err(format!("run `{}`: learning_rate must be positive", r.label));
+                }
+            }
+        }
+        if let Some(de) = &self.data_efficiency {
+            match self.runs.iter().find(|r| r.label == de.run) {
+                None => {
+                    return Err(format!(
+                        "data_efficiency.run `{}` names no run",
+                        de.run
+                    ))
+                }
+                Some(r) if r.paradigm != Paradigm::Federated => {
+                    return Err("data_efficiency.run must be a federated run".into())
+                }
+                _ => {}
+            }
+            if de.sizes.is_empty() || de.sizes.contains(&0) {
+                return Err("data_efficiency.sizes must be positive".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The results folder.
+    pub fn output_dir(&self) -> PathBuf {
+        self.output
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("results").join(&self.name))
+    }
+}

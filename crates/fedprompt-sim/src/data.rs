@@ -1,0 +1,150 @@
+//! Loading an experiment's examples: the embedded demo data or a benchmark's own files,
+//! sampled per language with the seed.
+
+use std::path::Path;
+
+use fedprompt_data::{
+    load_chatterbot, read_generic, read_masakhanews, read_xglue_nc, read_xnli, sample_per_language,
+    scan_labels, select_languages, ChatterbotOptions, Example, GenericFormat, LabelMap,
+    MasakhaInput, ReadOptions, SampleOptions, Stratify,
+};
+
+use crate::config::{DataSection, DataSource};
+use crate::error::{Result, SimError};
+
+/// The examples of an experiment.
+pub struct ExperimentData {
+    pub labels: LabelMap,
+    pub train: Vec<Example>,
+    pub eval: Vec<Example>,
+    /// Lines skipped as bad (with `skip_bad_lines`).
+    pub warnings: usize,
+}
+
+fn need(path: &Path) -> Result<()> {
+    if path.exists() {
+        Ok(())
+    } else {
+        Err(SimError::DataMsg(format!(
+            "data file {} does not exist",
+            path.display()
+        )))
+    }
+}
+
+/// Loads and samples the data an experiment names.
+pub fn load(section: &DataSection, seed: u64) -> Result<ExperimentData> {
+    let ro = ReadOptions {
+        skip_bad_lines: section.skip_bad_lines,
+    };
+    let mut warnings = 0;
+    let (labels, mut train, mut eval) = match &section.source {
+        DataSource::Chatterbot { eval_fraction } => {
+            let dir = fedprompt_hub::chatterbot_corpus_dir()?;
+            let mut opts = ChatterbotOptions {
+                languages: section.languages.clone(),
+                eval_fraction: *eval_fraction,
+                seed,
+                ..Default::default()
+            };
+            if let Some(t) = &section.topics {
+                opts.topics = t.clone();
+            }
+            let ds = load_chatterbot(&dir, &opts)?;
+            warnings += ds.warnings.len();
+            (ds.labels, ds.train, ds.eval)
+        }
+        DataSource::Xnli {
+            dir,
+            train_dir,
+            eval_file,
+        } => {
+            let ev_path = dir.join(eval_file.as_deref().unwrap_or("xnli.dev.tsv"));
+            need(&ev_path)?;
+            let (mut tr, mut ev) = (Vec::new(), Vec::new());
+            for lang in &section.languages {
+                let out = read_xnli(&ev_path, Some(lang), &ro)?;
+                warnings += out.warnings.len();
+                ev.extend(out.examples);
+                let tp = train_dir.join(format!("multinli.train.{lang}.tsv"));
+                need(&tp)?;
+                let out = read_xnli(&tp, Some(lang), &ro)?;
+                warnings += out.warnings.len();
+                tr.extend(out.examples);
+            }
+            (LabelMap::xnli(), tr, ev)
+        }
+        DataSource::XglueNc { dir } => {
+            let labels = LabelMap::xglue_nc();
+            let (mut tr, mut ev) = (Vec::new(), Vec::new());
+            for lang in &section.languages {
+                for (split, out) in [("train", &mut tr), ("dev", &mut ev)] {
+                    let p = dir.join(format!("xglue.nc.{lang}.{split}"));
+                    need(&p)?;
+                    let r = read_xglue_nc(&p, Some(lang.as_str()), &labels, &ro)?;
+                    warnings += r.warnings.len();
+                    out.extend(r.examples);
+                }
+            }
+            (labels, tr, ev)
+        }
+        DataSource::Masakhanews { dir } => {
+            let labels = LabelMap::masakhanews();
+            let (mut tr, mut ev) = (Vec::new(), Vec::new());
+            for lang in &section.languages {
+                for (split, out) in [("train", &mut tr), ("dev", &mut ev)] {
+                    let p = dir.join(lang).join(format!("{split}.tsv"));
+                    need(&p)?;
+                    let r = read_masakhanews(&p, Some(lang.as_str()), MasakhaInput::HeadlineText, &labels, &ro)?;
+                    warnings += r.warnings.len();
+                    out.extend(r.examples);
+                }
+            }
+            (labels, tr, ev)
+        }
+        DataSource::Files {
+            train,
+            eval,
+            format,
+        } => {
+            need(train)?;
+            need(eval)?;
+            let fmt = format.clone().unwrap_or_else(|| GenericFormat {
+                language_column: Some("language".into()),
+                ..GenericFormat::default()
+            });
+            let labels = scan_labels(&[train.as_path(), eval.as_path()], &fmt)?;
+            let tr = read_generic(train, &fmt, &labels, &ro)?;
+            let ev = read_generic(eval, &fmt, &labels, &ro)?;
+            warnings += tr.warnings.len() + ev.warnings.len();
+            (labels, tr.examples, ev.examples)
+        }
+    };
+    // Keep the requested languages (an absent one is an error naming it).
+    train = select_languages(&train, &section.languages)?;
+    eval = select_languages(&eval, &section.languages)?;
+    let opts = SampleOptions {
+        seed,
+        stratify: Stratify::Label,
+        allow_fewer: true,
+    };
+    if let Some(n) = section.train_per_language {
+        train = sample_per_language(&train, n, &opts)?;
+    }
+    if let Some(n) = section.eval_per_language {
+        eval = sample_per_language(
+            &eval,
+            n,
+            &SampleOptions {
+                seed: seed ^ 0x5eed,
+                ..opts
+            },
+        )?;
+    }
+    Ok(ExperimentData {
+        labels,
+        train,
+        eval,
+        warnings,
+    })
+}

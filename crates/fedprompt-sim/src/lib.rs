@@ -1,0 +1,13 @@
+//! The in-process federated simulator and the paper's experiments: local monolingual,
+//! centralized and federated training with any PEFT method, against one shared frozen
+//! backbone, from one TOML experiment file, with checkpoints for resume and paper-shaped
+//! results (Markdown tables, CSV/JSON, plots).
+
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod run;
+
+pub use config::{DataSection, DataSource, ExperimentConfig, Paradigm, RunSpec};
+pub use error::{Result, SimError};
+pub use run::{load_backbone, method_label, run_experiment, RunOptions};

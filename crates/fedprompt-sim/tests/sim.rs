@@ -1,0 +1,234 @@
+//! The simulator end to end on the tiny fixture model: resume equals an uninterrupted run,
+//! bad experiment files fail early with the field or file named, and (on the default model
+//! with the real demo data) a short federated run learns.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use fedprompt_sim::{run_experiment, ExperimentConfig, RunOptions};
+
+fn tiny_model() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fedprompt-model/tests/fixtures/tiny-xlmr")
+        .display()
+        .to_string()
+}
+
+/// A small three-language topic set whose words the tiny tokenizer knows.
+fn write_data(dir: &Path) -> (PathBuf, PathBuf) {
+    let topics = [
+        ("sport", ["football", "team", "match", "final"]),
+        ("money", ["marchés", "Börse", "price", "bank"]),
+    ];
+    let langs = ["en", "fr", "de"];
+    let mut lines_train = Vec::new();
+    let mut lines_eval = Vec::new();
+    for (li, l) in langs.iter().enumerate() {
+        for (ti, (label, words)) in topics.iter().enumerate() {
+            for i in 0..12 {
+                let text = format!(
+                    "{} {} {}",
+                    words[i % 4],
+                    words[(i + li + ti) % 4],
+                    ["the", "la", "die"][li]
+                );
+                let line = serde_json::json!({"text": text, "label": label, "language": l});
+                if i < 8 {
+                    lines_train.push(line.to_string());
+                } else {
+                    lines_eval.push(line.to_string());
+                }
+            }
+        }
+    }
+    let tr = dir.join("train.jsonl");
+    let ev = dir.join("eval.jsonl");
+    std::fs::File::create(&tr)
+        .unwrap()
+        .write_all(lines_train.join("\n").as_bytes())
+        .unwrap();
+    std::fs::File::create(&ev)
+        .unwrap()
+        .write_all(lines_eval.join("\n").as_bytes())
+        .unwrap();
+    (tr, ev)
+}
+
+fn experiment(dir: &Path, extra_runs: &str) -> String {
+    let (tr, ev) = write_data(dir);
+    format!(
+        r#"
+name = "tiny"
+seed = 3
+[model]
+path = "{model}"
+max_len = 32
+[data]
+source = {{ type = "files", train = "{tr}", eval = "{ev}" }}
+languages = ["en", "fr", "de"]
+[train]
+learning_rate = 0.01
+batch_size = 4
+epochs = 2
+[federation]
+rounds = 3
+[[run]]
+label = "PE_FL (non-IID)"
+paradigm = "federated"
+method = {{ type = "prompt", num_virtual_tokens = 2 }}
+{extra_runs}
+"#,
+        model = tiny_model(),
+        tr = tr.display(),
+        ev = ev.display()
+    )
+}
+
+fn parse(text: &str) -> Result<ExperimentConfig, String> {
+    let cfg: ExperimentConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+#[test]
+fn resume_equals_uninterrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = r#"
+[[run]]
+label = "LoRA_FL (IID)"
+paradigm = "federated"
+method = { type = "lora", r = 2, alpha = 4.0 }
+partition = { type = "iid", clients = 3 }
+"#;
+    let cfg = parse(&experiment(dir.path(), extra)).unwrap();
+    let a_out = dir.path().join("a");
+    let (a, _) = run_experiment(
+        &cfg,
+        &RunOptions {
+            output: Some(a_out),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+
+    let b_out = dir.path().join("b");
+    // Killed after 4 rounds in total: the first run done, the second one round in.
+    let err = run_experiment(
+        &cfg,
+        &RunOptions {
+            output: Some(b_out.clone()),
+            stop_after_rounds: Some(4),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("stopped after round 1"), "{err}");
+    let (b, _) = run_experiment(
+        &cfg,
+        &RunOptions {
+            output: Some(b_out.clone()),
+            resume: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(a.rows, b.rows);
+    assert_eq!(a.curves, b.curves);
+    assert_eq!(a.comm, b.comm);
+    assert!(b_out.join("tables.md").is_file());
+    assert!(b_out.join("results.json").is_file());
+    // Each curve starts at round 0 and has one point per round.
+    for c in &a.curves {
+        assert_eq!(c.points.len(), 4);
+        assert_eq!(c.points[0].round, 0);
+    }
+    // Bytes on the wire are the serialised trainable set, up and down, for every client.
+    for c in &a.comm {
+        assert!(c.bytes_up_per_client_round > 4 * c.trainable_params);
+        assert_eq!(
+            c.total_bytes,
+            (c.bytes_up_per_client_round + c.bytes_down_per_client_round)
+                * c.clients as u64
+                * c.rounds as u64
+        );
+    }
+}
+
+#[test]
+fn local_paradigms_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = r#"
+[[run]]
+label = "PE_Monolingual"
+paradigm = "monolingual"
+method = { type = "prompt", num_virtual_tokens = 2 }
+[[run]]
+label = "PE_Centralized"
+paradigm = "centralized"
+method = { type = "head" }
+"#;
+    let cfg = parse(&experiment(dir.path(), extra)).unwrap();
+    let (r, out) = run_experiment(
+        &cfg,
+        &RunOptions {
+            output: Some(dir.path().join("out")),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(r.rows.len(), 3);
+    for row in &r.rows {
+        assert_eq!(row.per_language.len(), 3, "{}", row.paradigm);
+        for m in row.per_language.values() {
+            assert_eq!(m.n, 8);
+        }
+    }
+    let tables = std::fs::read_to_string(out.join("tables.md")).unwrap();
+    assert!(tables.contains("PE_Monolingual") && tables.contains("PE_Centralized"));
+}
+
+#[test]
+fn bad_experiment_files_fail_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = experiment(dir.path(), "");
+    // Unknown key.
+    let e = parse(&good.replace("seed = 3", "seed = 3\nsede = 4")).unwrap_err();
+    assert!(e.contains("sede"), "{e}");
+    // C outside (0, 1].
+    let e = parse(&good.replace("rounds = 3", "rounds = 3\nfraction = 1.5")).unwrap_err();
+    assert!(e.contains("fraction C = 1.5"), "{e}");
+    // Unknown method type.
+    let e = parse(&good.replace("type = \"prompt\"", "type = \"adapter\"")).unwrap_err();
+    assert!(e.contains("adapter"), "{e}");
+    // Missing data file: error names it, before any training.
+    let cfg = parse(&good.replace("train.jsonl", "nope.jsonl")).unwrap();
+    let e = run_experiment(&cfg, &RunOptions { output: Some(dir.path().join("o")), ..Default::default() })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nope.jsonl") && e.contains("does not exist"), "{e}");
+    // A language with no examples.
+    let cfg = parse(&good.replace("[\"en\", \"fr\", \"de\"]", "[\"en\", \"sw\"]")).unwrap();
+    let e = run_experiment(&cfg, &RunOptions { output: Some(dir.path().join("o")), ..Default::default() })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sw"), "{e}");
+    // More clients than examples.
+    let extra = r#"
+[[run]]
+label = "many"
+paradigm = "federated"
+method = { type = "head" }
+partition = { type = "iid", clients = 1000 }
+"#;
+    let cfg = parse(&experiment(dir.path(), extra)).unwrap();
+    let e = run_experiment(&cfg, &RunOptions { output: Some(dir.path().join("o")), ..Default::default() })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("1000"), "{e}");
+    // A diverging loss stops the run with a clear message.
+    let cfg = parse(&good.replace("learning_rate = 0.01", "learning_rate = 1e30")).unwrap();
+    let e = run_experiment(&cfg, &RunOptions { output: Some(dir.path().join("o")), ..Default::default() })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("diverged"), "{e}");
+}
