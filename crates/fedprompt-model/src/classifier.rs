@@ -248,25 +248,13 @@ impl Classifier {
         &self.encoder
     }
 
-    /// All parameters of the model as the method runs it (frozen + trainable, counted once).
+    /// All parameters of the model as the method runs it: the frozen encoder (and pooler)
+    /// plus the trainable set, each tensor counted once. (For full fine-tuning the trainable set
+    /// is the whole model.)
     pub fn total_params(&self) -> usize {
-        let extra = match self.method {
-            MethodConfig::Full => 0,
-            _ => {
-                // The frozen encoder is counted by encoder_params; the head and method tensors are
-                // new. A pooler (BERT) is part of encoder_params.
-                self.trainable.num_params()
-            }
-        };
         match self.method {
-            MethodConfig::Full => {
-                self.trainable.num_params()
-                    + match &self.head {
-                        Head::Bert { .. } => 0,
-                        Head::Roberta { .. } => 0,
-                    }
-            }
-            _ => self.encoder_params + extra,
+            MethodConfig::Full => self.trainable.num_params(),
+            _ => self.encoder_params + self.trainable.num_params(),
         }
     }
 
@@ -279,12 +267,31 @@ impl Classifier {
         }
     }
 
-    /// Logits `[B, labels]` for a batch.
+    /// Logits `[B, labels]` for a batch. In eval mode nothing is recorded for autograd, so
+    /// activations are freed as the forward pass goes (inference memory stays flat).
     pub fn forward(&self, batch: &Batch, ctx: &ForwardCtx) -> candle_core::Result<Tensor> {
-        let mut embeds = self.encoder.embed(&batch.input_ids)?;
+        let prompt = self.prompt_embeddings()?;
+        if ctx.records_grad() {
+            self.forward_with(&self.encoder, &self.head, prompt, batch, ctx)
+        } else {
+            let enc = self.encoder.detached();
+            let head = self.head.detached();
+            self.forward_with(&enc, &head, prompt.map(|p| p.detach()), batch, ctx)
+        }
+    }
+
+    fn forward_with(
+        &self,
+        encoder: &Encoder,
+        head: &Head,
+        prompt: Option<Tensor>,
+        batch: &Batch,
+        ctx: &ForwardCtx,
+    ) -> candle_core::Result<Tensor> {
+        let mut embeds = encoder.embed(&batch.input_ids)?;
         let mut mask = batch.attention_mask.clone();
         let mut types = batch.token_type_ids.clone();
-        if let Some(p) = self.prompt_embeddings()? {
+        if let Some(p) = prompt {
             let (b, _, h) = embeds.dims3()?;
             let n = p.dim(0)?;
             let p = p.unsqueeze(0)?.broadcast_as((b, n, h))?;
@@ -296,9 +303,7 @@ impl Classifier {
                 types = Some(Tensor::cat(&[&zeros, t], 1)?);
             }
         }
-        let hidden = self
-            .encoder
-            .forward_embeds(&embeds, &mask, types.as_ref(), ctx)?;
-        self.head.forward(&hidden, ctx)
+        let hidden = encoder.forward_embeds(&embeds, &mask, types.as_ref(), ctx)?;
+        head.forward(&hidden, ctx)
     }
 }

@@ -5,7 +5,8 @@ use candle_core::{DType, Module, Tensor};
 
 use crate::config::{Activation, EncoderConfig};
 use crate::error::Result;
-use crate::nn::{softmax_last_dim, ForwardCtx, LayerNorm, Linear, LoraDelta};
+use crate::nn::{ForwardCtx, FusedAct, LayerNorm, Linear, LoraDelta};
+use crate::ops::attention::{attention, AttnDropout};
 use crate::weights::ParamSource;
 
 /// Token, position and token-type embeddings followed by layer norm.
@@ -20,6 +21,16 @@ pub struct Embeddings {
 }
 
 impl Embeddings {
+    fn detached(&self) -> Self {
+        Embeddings {
+            word: self.word.detach(),
+            position: self.position.detach(),
+            token_type: self.token_type.detach(),
+            norm: self.norm.detached(),
+            ..self.clone()
+        }
+    }
+
     /// Loads `embeddings.*`.
     pub fn load(cfg: &EncoderConfig, src: &ParamSource) -> Result<Self> {
         let h = cfg.hidden_size;
@@ -85,37 +96,84 @@ pub struct Attention {
     query: Linear,
     key: Linear,
     value: Linear,
+    /// Query, key and value packed in one `[3H, H]` layer (frozen backbones only); the three
+    /// layers above are views into it.
+    qkv: Option<Linear>,
     output: Linear,
     norm: LayerNorm,
     heads: usize,
-    head_dim: usize,
     attn_dropout: f64,
     hidden_dropout: f64,
 }
 
 impl Attention {
+    fn detached(&self) -> Self {
+        Attention {
+            query: self.query.detached(),
+            key: self.key.detached(),
+            value: self.value.detached(),
+            qkv: self.qkv.as_ref().map(|l| l.detached()),
+            output: self.output.detached(),
+            norm: self.norm.detached(),
+            ..self.clone()
+        }
+    }
+
     /// Loads `attention.*`.
     pub fn load(cfg: &EncoderConfig, src: &ParamSource) -> Result<Self> {
         let h = cfg.hidden_size;
         let s = src.pp("self");
+        let mut query = Linear::load(h, h, &s.pp("query"))?;
+        let mut key = Linear::load(h, h, &s.pp("key"))?;
+        let mut value = Linear::load(h, h, &s.pp("value"))?;
+        let mut qkv = None;
+        if [&query, &key, &value].iter().all(|l| l.is_frozen()) {
+            let w = Tensor::cat(&[query.weight(), key.weight(), value.weight()], 0)?;
+            let b = match (query.bias(), key.bias(), value.bias()) {
+                (Some(q), Some(k), Some(v)) => Some(Tensor::cat(&[q, k, v], 0)?),
+                _ => None,
+            };
+            if b.is_some() || query.bias().is_none() {
+                let part = |i: usize| -> candle_core::Result<Linear> {
+                    Ok(Linear::new(
+                        w.narrow(0, i * h, h)?,
+                        b.as_ref().map(|b| b.narrow(0, i * h, h)).transpose()?,
+                    ))
+                };
+                query = part(0)?;
+                key = part(1)?;
+                value = part(2)?;
+                qkv = Some(Linear::new(w, b));
+            }
+        }
         Ok(Attention {
-            query: Linear::load(h, h, &s.pp("query"))?,
-            key: Linear::load(h, h, &s.pp("key"))?,
-            value: Linear::load(h, h, &s.pp("value"))?,
+            query,
+            key,
+            value,
+            qkv,
             output: Linear::load(h, h, &src.pp("output").pp("dense"))?,
             norm: LayerNorm::load(h, cfg.layer_norm_eps, &src.pp("output").pp("LayerNorm"))?,
             heads: cfg.num_attention_heads,
-            head_dim: h / cfg.num_attention_heads,
             attn_dropout: cfg.attention_probs_dropout_prob,
             hidden_dropout: cfg.hidden_dropout_prob,
         })
     }
 
-    fn split_heads(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, l, _) = x.dims3()?;
-        x.reshape((b, l, self.heads, self.head_dim))?
-            .transpose(1, 2)?
-            .contiguous()
+    /// The packed projection `[B, L, 3H]`: one GEMM when the three layers are frozen and plain.
+    fn project_qkv(&self, x: &Tensor, ctx: &ForwardCtx) -> candle_core::Result<Tensor> {
+        match &self.qkv {
+            Some(qkv)
+                if !self.query.has_lora() && !self.key.has_lora() && !self.value.has_lora() =>
+            {
+                qkv.forward_ctx(x, ctx)
+            }
+            _ => {
+                let q = self.query.forward_ctx(x, ctx)?;
+                let k = self.key.forward_ctx(x, ctx)?;
+                let v = self.value.forward_ctx(x, ctx)?;
+                Tensor::cat(&[&q, &k, &v], 2)
+            }
+        }
     }
 
     /// `x [B, L, H]`, `mask_bias [B, 1, 1, L]` (0 or a large negative number).
@@ -125,19 +183,18 @@ impl Attention {
         mask_bias: &Tensor,
         ctx: &ForwardCtx,
     ) -> candle_core::Result<Tensor> {
-        let (b, l, h) = x.dims3()?;
-        let q = self.split_heads(&self.query.forward_ctx(x, ctx)?)?;
-        let k = self.split_heads(&self.key.forward_ctx(x, ctx)?)?;
-        let v = self.split_heads(&self.value.forward_ctx(x, ctx)?)?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask_bias)?;
-        let probs = softmax_last_dim(&scores)?;
-        let probs = ctx.dropout(&probs, self.attn_dropout)?;
-        let ctx_out = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, l, h))?;
+        let (b, l, _) = x.dims3()?;
+        let qkv = self.project_qkv(x, ctx)?;
+        let mask: Vec<f32> = mask_bias
+            .to_dtype(DType::F32)?
+            .broadcast_as((b, 1, 1, l))?
+            .flatten_all()?
+            .to_vec1()?;
+        let drop = (ctx.is_train() && self.attn_dropout > 0.0).then(|| AttnDropout {
+            p: self.attn_dropout as f32,
+            seed: ctx.next_seed(),
+        });
+        let ctx_out = attention(&qkv, &mask, self.heads, drop)?;
         let out = self.output.forward_ctx(&ctx_out, ctx)?;
         let out = ctx.dropout(&out, self.hidden_dropout)?;
         self.norm.forward(&(out + x)?)
@@ -156,6 +213,16 @@ pub struct EncoderLayer {
 }
 
 impl EncoderLayer {
+    fn detached(&self) -> Self {
+        EncoderLayer {
+            attention: self.attention.detached(),
+            intermediate: self.intermediate.detached(),
+            output: self.output.detached(),
+            norm: self.norm.detached(),
+            ..self.clone()
+        }
+    }
+
     /// Loads `encoder.layer.{i}.*`.
     pub fn load(cfg: &EncoderConfig, src: &ParamSource) -> Result<Self> {
         let h = cfg.hidden_size;
@@ -178,11 +245,10 @@ impl EncoderLayer {
         ctx: &ForwardCtx,
     ) -> candle_core::Result<Tensor> {
         let a = self.attention.forward(x, mask_bias, ctx)?;
-        let inter = self.intermediate.forward_ctx(&a, ctx)?;
         let inter = match self.act {
-            Activation::Gelu => inter.gelu_erf()?,
-            Activation::GeluTanh => inter.gelu()?,
-            Activation::Relu => inter.relu()?,
+            Activation::Gelu => self.intermediate.forward_act(&a, FusedAct::GeluErf, ctx)?,
+            Activation::GeluTanh => self.intermediate.forward_ctx(&a, ctx)?.gelu()?,
+            Activation::Relu => self.intermediate.forward_ctx(&a, ctx)?.relu()?,
         };
         let out = self.output.forward_ctx(&inter, ctx)?;
         let out = ctx.dropout(&out, self.hidden_dropout)?;
@@ -271,6 +337,15 @@ pub struct Encoder {
 }
 
 impl Encoder {
+    /// A copy cut from the autograd graph: inference records nothing and keeps no activations.
+    pub fn detached(&self) -> Self {
+        Encoder {
+            cfg: self.cfg.clone(),
+            embeddings: self.embeddings.detached(),
+            layers: self.layers.iter().map(|l| l.detached()).collect(),
+        }
+    }
+
     /// Loads `embeddings.*` and `encoder.layer.*` from `src` (already prefixed, e.g. `roberta`).
     pub fn load(cfg: &EncoderConfig, src: &ParamSource) -> Result<Self> {
         let embeddings = Embeddings::load(cfg, &src.pp("embeddings"))?;

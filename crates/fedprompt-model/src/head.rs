@@ -23,6 +23,30 @@ pub enum Head {
 }
 
 impl Head {
+    /// A copy cut from the autograd graph.
+    pub fn detached(&self) -> Self {
+        match self {
+            Head::Roberta {
+                dense,
+                out_proj,
+                dropout,
+            } => Head::Roberta {
+                dense: dense.detached(),
+                out_proj: out_proj.detached(),
+                dropout: *dropout,
+            },
+            Head::Bert {
+                pooler,
+                classifier,
+                dropout,
+            } => Head::Bert {
+                pooler: pooler.detached(),
+                classifier: classifier.detached(),
+                dropout: *dropout,
+            },
+        }
+    }
+
     /// Logits `[B, labels]` from the last hidden states `[B, L, H]`.
     pub fn forward(&self, hidden: &Tensor, ctx: &ForwardCtx) -> candle_core::Result<Tensor> {
         let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;

@@ -10,6 +10,7 @@ pub mod encoder;
 pub mod error;
 pub mod head;
 pub mod nn;
+pub mod ops;
 pub mod peft;
 pub mod tokenize;
 pub mod trainable;

@@ -6,22 +6,42 @@
 
 use std::sync::Mutex;
 
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{DType, Device, Module, Result, Tensor, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// Per-forward context: training mode and the seeded random source for dropout.
+use crate::ops;
+pub use crate::ops::linear::FusedAct;
+
+/// Whether the fused CPU kernels apply to this tensor (f32 on the CPU).
+fn fusable(t: &Tensor) -> bool {
+    t.dtype() == DType::F32 && matches!(t.device(), Device::Cpu)
+}
+
+/// Per-forward context: training mode (dropout), whether gradients are recorded, and the
+/// seeded random source for dropout.
 pub struct ForwardCtx {
     train: bool,
+    grad: bool,
     rng: Mutex<ChaCha8Rng>,
 }
 
 impl ForwardCtx {
-    /// Inference: no dropout.
+    /// Inference: no dropout, nothing recorded for autograd.
     pub fn eval() -> Self {
         ForwardCtx {
             train: false,
+            grad: false,
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(0)),
+        }
+    }
+
+    /// No dropout, but gradients recorded (PyTorch's `model.eval()` followed by `backward()`;
+    /// used by the parity tests).
+    pub fn eval_with_grad() -> Self {
+        ForwardCtx {
+            grad: true,
+            ..Self::eval()
         }
     }
 
@@ -29,8 +49,14 @@ impl ForwardCtx {
     pub fn train(seed: u64) -> Self {
         ForwardCtx {
             train: true,
+            grad: true,
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
         }
+    }
+
+    /// Whether gradients are recorded.
+    pub fn records_grad(&self) -> bool {
+        self.grad
     }
 
     /// Whether dropout is active.
@@ -38,10 +64,24 @@ impl ForwardCtx {
         self.train
     }
 
+    /// A fresh seed from the context's generator, for ops that draw their own dropout masks.
+    pub fn next_seed(&self) -> u64 {
+        self.rng
+            .lock()
+            .expect("dropout rng poisoned")
+            .random::<u64>()
+    }
+
     /// Inverted dropout with probability `p` (identity in eval mode or for `p == 0`).
+    ///
+    /// The mask comes from a ChaCha8 generator seeded by the context's own generator, so it is
+    /// deterministic for a given seed and order of calls.
     pub fn dropout(&self, xs: &Tensor, p: f64) -> Result<Tensor> {
         if !self.train || p <= 0.0 {
             return Ok(xs.clone());
+        }
+        if fusable(xs) && p < 1.0 {
+            return ops::dropout::dropout(xs, p as f32, self.next_seed());
         }
         let n = xs.elem_count();
         let keep = 1.0 - p;
@@ -84,6 +124,21 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// A copy whose tensors are cut from the autograd graph (for inference: nothing recorded,
+    /// activations freed as soon as they are used).
+    pub fn detached(&self) -> Self {
+        Linear {
+            weight: self.weight.detach(),
+            bias: self.bias.as_ref().map(|b| b.detach()),
+            lora: self.lora.as_ref().map(|l| LoraDelta {
+                a: l.a.detach(),
+                b: l.b.detach(),
+                scale: l.scale,
+                dropout: l.dropout,
+            }),
+        }
+    }
+
     /// A linear layer from its weight `[out, in]` and bias `[out]`.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         Linear {
@@ -133,21 +188,52 @@ impl Linear {
         }
     }
 
+    /// Whether a LoRA delta is attached.
+    pub fn has_lora(&self) -> bool {
+        self.lora.is_some()
+    }
+
+    /// Whether the weight and bias are constants (no gradient flows to them), so that the
+    /// fused input-gradient-only kernel applies.
+    pub fn is_frozen(&self) -> bool {
+        !self.weight.track_op() && self.bias.as_ref().is_none_or(|b| !b.track_op())
+    }
+
     /// Applies the layer to `[..., in]`.
     pub fn forward_ctx(&self, xs: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        self.forward_act(xs, FusedAct::Identity, ctx)
+    }
+
+    /// `act(layer(x))`, with the activation fused into the kernel of a frozen layer.
+    pub fn forward_act(&self, xs: &Tensor, act: FusedAct, ctx: &ForwardCtx) -> Result<Tensor> {
+        if self.lora.is_none() && self.is_frozen() && fusable(xs) && fusable(&self.weight) {
+            // One op on `[..., in]` as it is: no reshape nodes in the graph.
+            return ops::linear::frozen_linear(xs, &self.weight, self.bias.as_ref(), act);
+        }
         let dims = xs.dims().to_vec();
         let in_dim = dims[dims.len() - 1];
         let rows = xs.elem_count() / in_dim;
         let x2 = xs.reshape((rows, in_dim))?;
-        let mut y = x2.matmul(&self.weight.t()?)?;
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(b)?;
-        }
+        let fused = self.is_frozen() && fusable(&x2) && fusable(&self.weight);
+        let mut y = if fused {
+            // A LoRA delta is added before the activation.
+            ops::linear::frozen_linear(&x2, &self.weight, self.bias.as_ref(), FusedAct::Identity)?
+        } else {
+            let mut y = x2.matmul(&self.weight.t()?)?;
+            if let Some(b) = &self.bias {
+                y = y.broadcast_add(b)?;
+            }
+            y
+        };
         if let Some(l) = &self.lora {
             let xd = ctx.dropout(&x2, l.dropout)?;
             let delta = xd.matmul(&l.a.t()?)?.matmul(&l.b.t()?)?;
             y = (y + (delta * l.scale)?)?;
         }
+        y = match act {
+            FusedAct::Identity => y,
+            FusedAct::GeluErf => y.gelu_erf()?,
+        };
         let mut out_dims = dims;
         *out_dims.last_mut().expect("non-empty dims") = self.out_dim();
         y.reshape(out_dims)
@@ -169,6 +255,15 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
+    /// A copy cut from the autograd graph.
+    pub fn detached(&self) -> Self {
+        LayerNorm {
+            weight: self.weight.detach(),
+            bias: self.bias.detach(),
+            eps: self.eps,
+        }
+    }
+
     /// From gamma, beta and epsilon.
     pub fn new(weight: Tensor, bias: Tensor, eps: f64) -> Self {
         LayerNorm { weight, bias, eps }
@@ -186,6 +281,9 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if fusable(xs) && fusable(&self.weight) && fusable(&self.bias) {
+            return ops::norm::layer_norm(xs, &self.weight, &self.bias, self.eps);
+        }
         let mean = xs.mean_keepdim(D::Minus1)?;
         let xc = xs.broadcast_sub(&mean)?;
         let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
@@ -196,6 +294,9 @@ impl Module for LayerNorm {
 
 /// Softmax over the last dimension, differentiable (the max is a detached constant).
 pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if fusable(xs) {
+        return ops::softmax::softmax_last_dim(xs);
+    }
     let max = xs.max_keepdim(D::Minus1)?.detach();
     let e = xs.broadcast_sub(&max)?.exp()?;
     let s = e.sum_keepdim(D::Minus1)?;

@@ -127,7 +127,7 @@ fn check_case(family: &str, m: &str) {
     clf.trainable().assign(&values, Path::new("refs")).unwrap();
 
     let batch = batch_from(&refs);
-    let logits = clf.forward(&batch, &ForwardCtx::eval()).unwrap();
+    let logits = clf.forward(&batch, &ForwardCtx::eval_with_grad()).unwrap();
     let d = max_abs_diff(&logits, &refs["logits"]);
     assert!(d <= 1e-4, "{case}: logits differ by {d}");
 

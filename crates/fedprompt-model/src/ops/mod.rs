@@ -1,0 +1,144 @@
+//! Fused CPU kernels with their own backward passes, for the frozen-backbone training step:
+//! a frozen linear layer (input gradient only, optional fused erf-GELU), layer norm, softmax,
+//! and the attention core (scores, mask, softmax, dropout and the weighted sum, per head, read
+//! and written in place in the `[B, L, heads·d]` layout).
+//!
+//! Each op works on f32 CPU tensors and is checked against the composed candle version in
+//! `tests/ops.rs`, values and gradients, contiguous and strided inputs.
+
+pub mod attention;
+pub mod dropout;
+pub mod linear;
+pub mod norm;
+pub mod softmax;
+
+use candle_core::{bail, CpuStorage, Layout, Result, Storage, Tensor};
+
+/// The contiguous f32 data of a CPU storage seen through `layout`.
+pub(crate) fn contiguous_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let data = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("fused op: expected a contiguous input"),
+    }
+}
+
+/// Runs `f` on the contiguous f32 data of a CPU tensor (copied first only if strided).
+pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => Ok(f(contiguous_slice(cpu, layout)?)),
+        _ => bail!("fused op: only CPU tensors are supported"),
+    }
+}
+
+/// A mutable pointer that may be shared by threads writing disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub *mut f32);
+// SAFETY: users only write disjoint regions from different threads.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer (a method, so that closures capture the whole wrapper).
+    pub fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// A read-only pointer shared by threads.
+#[derive(Clone, Copy)]
+pub(crate) struct SendConstPtr(pub *const f32);
+// SAFETY: read-only.
+unsafe impl Send for SendConstPtr {}
+unsafe impl Sync for SendConstPtr {}
+
+impl SendConstPtr {
+    /// The pointer (a method, so that closures capture the whole wrapper).
+    pub fn get(self) -> *const f32 {
+        self.0
+    }
+}
+
+/// A strided f32 matrix operand: `ptr[r * rs + c * cs]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Mat {
+    pub ptr: *const f32,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+/// `dst (m×n, row stride dst_rs, unit column stride) = [dst +] a (m×k) · b (k×n)`, with the
+/// `gemm` crate candle itself uses; `threads > 1` splits the work with rayon.
+///
+/// # Safety
+/// Every element addressed by the strides must lie inside live allocations, and no other
+/// thread may write the destination block.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    threads: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        a.ptr,
+        a.cs,
+        a.rs,
+        b.ptr,
+        b.cs,
+        b.rs,
+        if accumulate { 1.0 } else { 0.0 },
+        1.0,
+        false,
+        false,
+        false,
+        par,
+    )
+}
+
+/// Threads for a large GEMM.
+pub(crate) fn gemm_threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
+
+/// Rows per rayon task for row-wise kernels on rows of `width` elements (≈ 16 K elements).
+pub(crate) fn rows_per_task(width: usize) -> usize {
+    (16384 / width.max(1)).max(1)
+}
+
+/// `erf(x)` in f32 (Abramowitz–Stegun 7.1.26 refined; |error| < 1.5e-7).
+#[inline]
+pub(crate) fn erf_f32(x: f32) -> f32 {
+    // The rational approximation with an exp factor; accurate to 1.5e-7 absolute.
+    let s = x.signum();
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let y = 1.0
+        - (((((1.061_405_4 * t - 1.453_152_1) * t) + 1.421_413_7) * t - 0.284_496_74) * t
+            + 0.254_829_6)
+            * t
+            * (-a * a).exp();
+    s * y
+}

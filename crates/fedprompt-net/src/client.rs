@@ -1,0 +1,600 @@
+//! The client: registers, polls for tasks, trains locally, submits, and
+//! reconnects with backoff when the server goes away.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use fedprompt_fl::{Metrics, Params};
+use sha2::{Digest, Sha256};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+use tracing::{info, warn};
+
+use crate::config::{secs, JoinConfig, ModelSpec};
+use crate::error::{NetError, Result};
+use crate::proto::{
+    self, federation_client::FederationClient, task_message, update_message, TaskKind,
+    PROTOCOL_VERSION,
+};
+use crate::server::MESSAGE_OVERHEAD;
+use crate::trainer::{EvalResult, FitResult, LocalTrainer, Task};
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct BearerAuth(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl std::fmt::Debug for BearerAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerAuth(<redacted>)")
+    }
+}
+
+impl BearerAuth {
+    /// Checks that the token is printable ASCII.
+    pub fn new(token: &str) -> Result<Self> {
+        let v = format!("Bearer {}", token.trim());
+        tonic::metadata::MetadataValue::try_from(v.as_str())
+            .map(Self)
+            .map_err(|_| NetError::Config("the token must be printable ASCII".into()))
+    }
+}
+
+impl tonic::service::Interceptor for BearerAuth {
+    fn call(&mut self, mut req: Request<()>) -> std::result::Result<Request<()>, Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+/// A generated client with the bearer token attached (for tools and tests).
+pub type RawClient = FederationClient<InterceptedService<Channel, BearerAuth>>;
+
+/// Largest message a client accepts (the server's chunk limit is at most 64 MiB).
+const CLIENT_MESSAGE_LIMIT: usize = (64 * 1024 * 1024 + MESSAGE_OVERHEAD) as usize;
+
+fn endpoint(cfg: &JoinConfig) -> Result<Endpoint> {
+    let ep = Endpoint::from_shared(cfg.server.clone())
+        .map_err(|e| NetError::Config(format!("server URL `{}`: {e}", cfg.server)))?
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true);
+    if cfg.server.starts_with("https://") {
+        ep.tls_config(crate::tls::client_config(&cfg.tls)?)
+            .map_err(|e| NetError::Tls(e.to_string()))
+    } else {
+        Ok(ep)
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
+
+/// Connects (TLS as the URL says) and returns a raw client; no registration.
+pub async fn raw_client(cfg: &JoinConfig) -> Result<RawClient> {
+    cfg.validate()?;
+    let ep = endpoint(cfg)?;
+    let channel = ep.connect().await.map_err(|e| {
+        let mut msg = format!("cannot connect to {}: {}", cfg.server, chain(&e));
+        if cfg.server.starts_with("http://") {
+            msg.push_str(" (if the server uses TLS, use an https:// URL)");
+        }
+        NetError::Transport(msg)
+    })?;
+    Ok(
+        FederationClient::with_interceptor(channel, BearerAuth::new(&cfg.token)?)
+            .max_decoding_message_size(CLIENT_MESSAGE_LIMIT)
+            .max_encoding_message_size(CLIENT_MESSAGE_LIMIT),
+    )
+}
+
+/// What a join run did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct JoinSummary {
+    /// The identity the server gave our token.
+    pub client_id: String,
+    /// Training rounds whose update the server accepted.
+    pub rounds_trained: Vec<u64>,
+    /// Evaluation rounds whose result the server accepted.
+    pub evaluations: Vec<u64>,
+    /// Server refusals of our submissions (status messages).
+    pub refused: Vec<String>,
+    /// Reconnections after the first registration.
+    pub reconnects: u32,
+    /// Bytes of updates sent.
+    pub bytes_up: u64,
+    /// Bytes of global parameters received.
+    pub bytes_down: u64,
+    /// Whether the server said the run is over.
+    pub finished: bool,
+}
+
+enum Failure {
+    Fatal(NetError),
+    Retry(String),
+}
+
+fn classify(what: &str, s: &Status) -> Failure {
+    let msg = format!("{what}: {} ({:?})", s.message(), s.code());
+    match s.code() {
+        Code::Unauthenticated | Code::PermissionDenied => {
+            Failure::Fatal(NetError::Refused(s.message().to_string()))
+        }
+        Code::FailedPrecondition if what == "register" => {
+            Failure::Fatal(NetError::Refused(s.message().to_string()))
+        }
+        _ => Failure::Retry(msg),
+    }
+}
+
+struct Session {
+    client: RawClient,
+    reg: proto::RegisterReply,
+    spec: Option<ModelSpec>,
+}
+
+async fn connect(cfg: &JoinConfig) -> std::result::Result<Session, Failure> {
+    let mut client = match raw_client(cfg).await {
+        Ok(c) => c,
+        Err(NetError::Transport(m)) => return Err(Failure::Retry(m)),
+        Err(e) => return Err(Failure::Fatal(e)),
+    };
+    let reg = client
+        .register(proto::RegisterRequest {
+            protocol_version: PROTOCOL_VERSION,
+            agent: format!("fedprompt-net {}", env!("CARGO_PKG_VERSION")),
+        })
+        .await
+        .map_err(|s| classify("register", &s))?
+        .into_inner();
+    let spec = if reg.model_spec_json.is_empty() {
+        None
+    } else {
+        Some(
+            serde_json::from_str::<ModelSpec>(&reg.model_spec_json).map_err(|e| {
+                Failure::Fatal(NetError::Protocol(format!(
+                    "the server's model description is not understood ({e}); are both sides the same fedprompt version?"
+                )))
+            })?,
+        )
+    };
+    Ok(Session { client, reg, spec })
+}
+
+enum Received {
+    Wait(u64),
+    Finished,
+    Work {
+        kind: TaskKind,
+        round: u64,
+        config: fedprompt_fl::ClientConfig,
+        global: Params,
+        bytes: u64,
+    },
+}
+
+async fn get_task(s: &mut Session, wait: Duration) -> std::result::Result<Received, Failure> {
+    let mut req = Request::new(proto::TaskRequest {
+        wait_ms: wait.as_millis() as u64,
+    });
+    req.set_timeout(wait + Duration::from_secs(60));
+    let mut stream = s
+        .client
+        .get_task(req)
+        .await
+        .map_err(|st| classify("get task", &st))?
+        .into_inner();
+    let header = match stream.message().await {
+        Ok(Some(proto::TaskMessage {
+            body: Some(task_message::Body::Header(h)),
+        })) => h,
+        Ok(_) => return Err(Failure::Retry("task stream without a header".into())),
+        Err(st) => return Err(classify("get task", &st)),
+    };
+    let kind = TaskKind::try_from(header.kind).unwrap_or(TaskKind::Unspecified);
+    match kind {
+        TaskKind::Wait => return Ok(Received::Wait(header.retry_after_ms)),
+        TaskKind::Finished => return Ok(Received::Finished),
+        TaskKind::Fit | TaskKind::Evaluate => {}
+        TaskKind::Unspecified => {
+            return Err(Failure::Fatal(NetError::Protocol(format!(
+                "unknown task kind {}",
+                header.kind
+            ))))
+        }
+    }
+    let bound = s.reg.max_update_bytes.saturating_mul(4).max(1 << 30);
+    if header.params_len > bound {
+        return Err(Failure::Fatal(NetError::Protocol(format!(
+            "the server announced {} bytes of parameters",
+            header.params_len
+        ))));
+    }
+    let total = header.params_len as usize;
+    let mut buf = BytesMut::with_capacity(total);
+    buf.extend_from_slice(&header.params_inline);
+    while buf.len() < total {
+        match stream.message().await {
+            Ok(Some(proto::TaskMessage {
+                body: Some(task_message::Body::Chunk(c)),
+            })) if buf.len() + c.len() <= total => buf.extend_from_slice(&c),
+            Ok(_) => {
+                return Err(Failure::Retry(
+                    "the parameter download was cut short".into(),
+                ))
+            }
+            Err(st) => return Err(classify("download", &st)),
+        }
+    }
+    if buf.len() != total || Sha256::digest(&buf).as_slice() != &header.params_sha256[..] {
+        return Err(Failure::Retry(
+            "the downloaded parameters failed their checksum".into(),
+        ));
+    }
+    let global = Params::from_safetensors(&buf).map_err(|e| {
+        Failure::Fatal(NetError::Protocol(format!(
+            "the global parameters are unreadable: {e}"
+        )))
+    })?;
+    Ok(Received::Work {
+        kind,
+        round: header.round,
+        config: proto::config_from_wire(&header.config),
+        global,
+        bytes: total as u64,
+    })
+}
+
+enum Outgoing {
+    Fit { round: u64, result: FitResult },
+    Eval { round: u64, result: EvalResult },
+}
+
+/// The update messages for `bytes`: a header with the first chunk, then chunks.
+pub fn update_messages(
+    round: u64,
+    num_examples: u64,
+    metrics: Metrics,
+    bytes: Bytes,
+    max_chunk: usize,
+) -> Vec<proto::UpdateMessage> {
+    let max_chunk = max_chunk.max(1);
+    let total = bytes.len();
+    let first = total.min(max_chunk);
+    let mut out = vec![proto::UpdateMessage {
+        body: Some(update_message::Body::Header(proto::UpdateHeader {
+            round,
+            num_examples,
+            metrics,
+            total_len: total as u64,
+            sha256: Bytes::copy_from_slice(&Sha256::digest(&bytes)),
+            inline: bytes.slice(..first),
+        })),
+    }];
+    let mut at = first;
+    while at < total {
+        let end = (at + max_chunk).min(total);
+        out.push(proto::UpdateMessage {
+            body: Some(update_message::Body::Chunk(bytes.slice(at..end))),
+        });
+        at = end;
+    }
+    out
+}
+
+enum Delivery {
+    Accepted(u64),
+    Refused(String),
+    Retry(String),
+    Fatal(NetError),
+}
+
+async fn deliver(s: &mut Session, out: &Outgoing) -> Delivery {
+    let result = match out {
+        Outgoing::Fit { round, result } => {
+            let bytes = match result.params.to_safetensors() {
+                Ok(b) => Bytes::from(b),
+                Err(e) => return Delivery::Fatal(e.into()),
+            };
+            let n = bytes.len() as u64;
+            let msgs = update_messages(
+                *round,
+                result.num_examples,
+                result.metrics.clone(),
+                bytes,
+                s.reg.max_chunk_bytes as usize,
+            );
+            s.client
+                .submit_update(tokio_stream::iter(msgs))
+                .await
+                .map(|_| n)
+        }
+        Outgoing::Eval { round, result } => s
+            .client
+            .submit_evaluation(proto::EvaluationResult {
+                round: *round,
+                num_examples: result.num_examples,
+                metrics: result.metrics.clone(),
+            })
+            .await
+            .map(|_| 0),
+    };
+    match result {
+        Ok(n) => Delivery::Accepted(n),
+        Err(st) => match st.code() {
+            Code::Unauthenticated => Delivery::Fatal(NetError::Refused(st.message().into())),
+            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
+                Delivery::Retry(format!("submit: {} ({:?})", st.message(), st.code()))
+            }
+            _ => Delivery::Refused(format!("{:?}: {}", st.code(), st.message())),
+        },
+    }
+}
+
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    give_up: Duration,
+    next: Duration,
+    since: Option<Instant>,
+    attempts: u32,
+}
+
+impl Backoff {
+    fn new(cfg: &JoinConfig) -> Result<Self> {
+        let initial = secs("backoff_initial_s", cfg.backoff_initial_s)?;
+        Ok(Self {
+            initial,
+            max: secs("backoff_max_s", cfg.backoff_max_s)?,
+            give_up: secs("give_up_after_s", cfg.give_up_after_s)?,
+            next: initial,
+            since: None,
+            attempts: 0,
+        })
+    }
+
+    fn reset(&mut self) {
+        self.next = self.initial;
+        self.since = None;
+        self.attempts = 0;
+    }
+
+    async fn wait(&mut self, why: &str) -> Result<()> {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        self.attempts += 1;
+        if since.elapsed() >= self.give_up {
+            return Err(NetError::Unreachable {
+                attempts: self.attempts,
+                last: why.to_string(),
+            });
+        }
+        let jitter = 0.5 + rand::random::<f64>() * 0.5;
+        let d = self.next.mul_f64(jitter);
+        warn!("{why}; retrying in {:.1} s", d.as_secs_f64());
+        tokio::time::sleep(d).await;
+        self.next = (self.next * 2).min(self.max).max(self.initial);
+        Ok(())
+    }
+}
+
+fn run_blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// Takes part in a federation until the server says it is over.
+///
+/// Only the trainer's returned parameters, example counts and metrics leave
+/// this machine. Transport failures are retried with backoff; a refused
+/// token, an unsupported protocol or a failing trainer end the run.
+pub async fn join_async<T: LocalTrainer + ?Sized>(
+    cfg: JoinConfig,
+    trainer: &mut T,
+) -> Result<JoinSummary> {
+    cfg.validate()?;
+    let wait = secs("poll_wait_s", cfg.poll_wait_s)?;
+    let mut backoff = Backoff::new(&cfg)?;
+    let mut summary = JoinSummary::default();
+    let mut session: Option<Session> = None;
+    let mut pending: Option<(Outgoing, u32)> = None;
+    loop {
+        if session.is_none() {
+            match connect(&cfg).await {
+                Ok(s) => {
+                    if summary.client_id.is_empty() {
+                        info!(
+                            "joined as `{}` (run {}, {} of {} rounds done)",
+                            s.reg.client_id,
+                            s.reg.run_id,
+                            s.reg.completed_rounds,
+                            s.reg.total_rounds
+                        );
+                    } else {
+                        summary.reconnects += 1;
+                        info!("reconnected as `{}`", s.reg.client_id);
+                    }
+                    summary.client_id = s.reg.client_id.clone();
+                    backoff.reset();
+                    session = Some(s);
+                }
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Retry(m)) => {
+                    backoff.wait(&m).await?;
+                    continue;
+                }
+            }
+        }
+        let Some(s) = session.as_mut() else {
+            continue;
+        };
+        if let Some((out, tries)) = pending.take() {
+            let (phase, round) = match &out {
+                Outgoing::Fit { round, .. } => ("update", *round),
+                Outgoing::Eval { round, .. } => ("evaluation", *round),
+            };
+            match deliver(s, &out).await {
+                Delivery::Accepted(n) => {
+                    info!("{phase} for round {round} accepted");
+                    summary.bytes_up += n;
+                    match out {
+                        Outgoing::Fit { .. } => summary.rounds_trained.push(round),
+                        Outgoing::Eval { .. } => summary.evaluations.push(round),
+                    }
+                }
+                Delivery::Refused(m) => {
+                    warn!("the server refused our {phase} for round {round}: {m}");
+                    summary.refused.push(m);
+                }
+                Delivery::Fatal(e) => return Err(e),
+                Delivery::Retry(m) => {
+                    if tries < 3 {
+                        pending = Some((out, tries + 1));
+                    }
+                    session = None;
+                    backoff.wait(&m).await?;
+                }
+            }
+            continue;
+        }
+        match get_task(s, wait).await {
+            Err(Failure::Fatal(e)) => return Err(e),
+            Err(Failure::Retry(m)) => {
+                session = None;
+                backoff.wait(&m).await?;
+            }
+            Ok(Received::Wait(ms)) => {
+                if ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+            }
+            Ok(Received::Finished) => {
+                info!("the server says the run is over");
+                summary.finished = true;
+                return Ok(summary);
+            }
+            Ok(Received::Work {
+                kind,
+                round,
+                config,
+                global,
+                bytes,
+            }) => {
+                summary.bytes_down += bytes;
+                let spec = s.spec.clone();
+                let task = Task {
+                    round,
+                    config: &config,
+                    global: &global,
+                    model: spec.as_ref(),
+                };
+                let out = if kind == TaskKind::Fit {
+                    info!("round {round}: training locally");
+                    let result = run_blocking(|| trainer.fit(&task));
+                    let result = match result {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let _ = s
+                                .client
+                                .leave(proto::LeaveRequest {
+                                    reason: "local training failed".into(),
+                                })
+                                .await;
+                            return Err(NetError::Trainer(e.to_string()));
+                        }
+                    };
+                    result
+                        .params
+                        .check_same_layout(&global)
+                        .and_then(|()| result.params.check_finite())
+                        .map_err(|e| {
+                            NetError::Trainer(format!(
+                                "the trainer returned unusable parameters: {e}"
+                            ))
+                        })?;
+                    Outgoing::Fit { round, result }
+                } else {
+                    info!("evaluating the global parameters of round {round}");
+                    let result = run_blocking(|| trainer.evaluate(&task))
+                        .map_err(|e| NetError::Trainer(e.to_string()))?;
+                    Outgoing::Eval { round, result }
+                };
+                pending = Some((out, 0));
+            }
+        }
+    }
+}
+
+/// [`join_async`] on a fresh Tokio runtime (the trainer runs on this thread).
+pub fn join(cfg: JoinConfig, trainer: &mut dyn LocalTrainer) -> Result<JoinSummary> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| NetError::Transport(format!("cannot start the runtime: {e}")))?;
+    rt.block_on(join_async(cfg, trainer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn updates_are_inline_when_small_and_chunked_when_large() {
+        let small = update_messages(3, 7, Metrics::new(), Bytes::from(vec![1u8; 100]), 1024);
+        assert_eq!(small.len(), 1);
+        let big: Vec<u8> = (0..2500u32).map(|i| (i % 251) as u8).collect();
+        let msgs = update_messages(3, 7, Metrics::new(), Bytes::from(big.clone()), 1024);
+        assert_eq!(msgs.len(), 3);
+        let mut joined = Vec::new();
+        for (i, m) in msgs.iter().enumerate() {
+            match (&m.body, i) {
+                (Some(update_message::Body::Header(h)), 0) => {
+                    assert_eq!((h.round, h.num_examples, h.total_len), (3, 7, 2500));
+                    assert_eq!(&h.sha256[..], Sha256::digest(&big).as_slice());
+                    joined.extend_from_slice(&h.inline);
+                }
+                (Some(update_message::Body::Chunk(c)), i) if i > 0 => {
+                    assert!(c.len() <= 1024);
+                    joined.extend_from_slice(c);
+                }
+                _ => panic!("message {i} out of order"),
+            }
+        }
+        assert_eq!(joined, big);
+    }
+
+    #[test]
+    fn config_values_survive_the_wire() {
+        use fedprompt_fl::ConfigValue as V;
+        let c = fedprompt_fl::ClientConfig::from([
+            ("round".to_string(), V::Int(3)),
+            ("proximal_mu".to_string(), V::Float(0.01)),
+            ("tag".to_string(), V::Str("x".into())),
+            ("flag".to_string(), V::Bool(true)),
+        ]);
+        assert_eq!(proto::config_from_wire(&proto::config_to_wire(&c)), c);
+    }
+
+    #[test]
+    fn bad_join_configs_are_refused() {
+        assert!(JoinConfig::new("localhost:1", "t").validate().is_err());
+        assert!(JoinConfig::new("https://localhost:1", " ")
+            .validate()
+            .is_err());
+        let mut c = JoinConfig::new("https://localhost:1", "t");
+        c.backoff_max_s = f64::NAN;
+        assert!(c.validate().is_err());
+        assert!(BearerAuth::new("tok\nen").is_err());
+    }
+}

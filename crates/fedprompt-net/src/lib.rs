@@ -1,0 +1,39 @@
+//! A real federation over gRPC (tonic + rustls), built on the same federated
+//! core as the simulator (`fedprompt-fl`): the round logic exists once.
+//!
+//! * [`serve`] runs the coordinator from a [`ServeConfig`] (`federation.toml`):
+//!   per-client tokens stored hashed, TLS (optionally mutual), a quorum and a
+//!   deadline per round, refusal of bad updates, atomic checkpoints and
+//!   `resume`, a log line per round and a JSON-lines events file.
+//! * [`join`] takes part from a community's machine with a [`LocalTrainer`]
+//!   ([`ModelTrainer`] for the real model): only the trainable set, the
+//!   example count and metrics leave the machine.
+//! * [`devcerts::generate`] makes a development CA, certificates and tokens.
+//!
+//! The wire protocol is `proto/fedprompt.proto` (package `fedprompt.v1`).
+
+#![warn(missing_docs)]
+
+pub mod auth;
+mod client;
+mod config;
+pub mod devcerts;
+mod error;
+mod events;
+pub mod proto;
+mod server;
+pub mod tls;
+mod trainer;
+
+pub use client::{
+    join, join_async, raw_client, update_messages, BearerAuth, JoinSummary, RawClient,
+};
+pub use config::{InitialParams, JoinConfig, ModelSpec, ServeConfig, DEFAULT_CHUNK_BYTES};
+pub use error::{NetError, Result};
+pub use events::Event;
+pub use server::{serve, start, RefusalKind, RunningServer, ServeSummary, ServerStats, StopHandle};
+pub use tls::{ClientTlsConfig, ServerTlsConfig};
+pub use trainer::{
+    config_float, config_int, DeterministicTrainer, EvalResult, FitResult, LocalTrainer,
+    ModelTrainer, ModelTrainerConfig, Task, TrainerError,
+};

@@ -1,0 +1,4 @@
+//! One integration-test binary: configuration and end-to-end federation tests.
+
+mod config;
+mod federation;

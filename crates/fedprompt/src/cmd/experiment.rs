@@ -1,0 +1,83 @@
+//! `fedprompt experiment`: run every paradigm of an experiment file and write the results.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use fedprompt_sim::{run_experiment, ExperimentConfig, RunOptions};
+
+use crate::common::Globals;
+
+const AFTER_HELP: &str = "\
+Examples:
+  fedprompt experiment experiments/demo.toml             # the demo: minutes on 2 cores
+  fedprompt experiment experiments/paper-nc.toml --resume
+  fedprompt experiment my.toml --output results/try2
+
+The file names the model, the data, the training budget and the runs to compare
+(monolingual, centralized, federated; prompt, prompt-encoder, LoRA, head or full). The file
+plus its seed determines the run. After each federated round a checkpoint is written under
+<output>/checkpoints; --resume continues a stopped run and ends with the same numbers as an
+uninterrupted one. Results: tables.md (the paper's table shapes), results.json, CSV files and
+SVG/PNG plots in the output folder (default results/<name>).";
+
+/// Arguments of `fedprompt experiment`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = AFTER_HELP)]
+pub struct Args {
+    /// The experiment file (TOML).
+    pub file: PathBuf,
+    /// Continue from the checkpoints of an interrupted run of the same file.
+    #[arg(long)]
+    pub resume: bool,
+    /// Results folder (default: the file's `output`, else results/<name>).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Check the file and the data, print the plan, and stop.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// Runs the command.
+pub fn run(args: Args, g: &Globals) -> anyhow::Result<()> {
+    let cfg = ExperimentConfig::from_file(&args.file)?;
+    if args.check {
+        println!(
+            "{}: {} run(s) on {} language(s), model `{}`; output {}",
+            cfg.name,
+            cfg.runs.len(),
+            cfg.data.languages.len(),
+            cfg.model.path,
+            args.output
+                .clone()
+                .unwrap_or_else(|| cfg.output_dir())
+                .display()
+        );
+        for r in &cfg.runs {
+            println!(
+                "  {:<24} {:?} {}",
+                r.label,
+                r.paradigm,
+                fedprompt_sim::method_label(&r.method)
+            );
+        }
+        return Ok(());
+    }
+    let opts = RunOptions {
+        resume: args.resume,
+        progress: !g.quiet,
+        output: args.output,
+        stop_after_rounds: None,
+    };
+    let (results, out) = run_experiment(&cfg, &opts)
+        .with_context(|| format!("experiment {}", args.file.display()))?;
+    println!("{}", fedprompt_report::render_summary(&results));
+    println!("Results: {}", out.display());
+    println!(
+        "  tables: {}\n  plots:  {}/*.svg, *.png\n  data:   {}, {}",
+        out.join("tables.md").display(),
+        out.display(),
+        out.join("results.json").display(),
+        out.join("accuracy.csv").display()
+    );
+    Ok(())
+}

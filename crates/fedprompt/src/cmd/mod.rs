@@ -1,0 +1,10 @@
+//! One module per subcommand: each has an `Args` struct and a `run` function.
+
+pub mod distance;
+pub mod eval;
+pub mod experiment;
+pub mod fetch;
+pub mod inspect;
+pub mod predict;
+pub mod report;
+pub mod train;
