@@ -168,7 +168,11 @@ impl BenchOptions {
     pub fn python(&self) -> String {
         self.python
             .clone()
-            .or_else(|| std::env::var("FEDPROMPT_PYTHON").ok().filter(|s| !s.is_empty()))
+            .or_else(|| {
+                std::env::var("FEDPROMPT_PYTHON")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            })
             .unwrap_or_else(|| "python3".into())
     }
 }
@@ -521,11 +525,15 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
                 lr: 1e-3,
             };
             let fp = run_fp(&job)
-                .map_err(|e| notes.push(format!("bytes ({}) fedprompt failed: {e:#}", m.describe())))
+                .map_err(|e| {
+                    notes.push(format!("bytes ({}) fedprompt failed: {e:#}", m.describe()))
+                })
                 .ok();
             let th = torch.as_ref().and_then(|t| {
                 t.run_job(&job, opts.threads)
-                    .map_err(|e| notes.push(format!("bytes ({}) PyTorch failed: {e:#}", m.describe())))
+                    .map_err(|e| {
+                        notes.push(format!("bytes ({}) PyTorch failed: {e:#}", m.describe()))
+                    })
                     .ok()
             });
             for method in ["prompt", "lora", "full"] {

@@ -83,11 +83,31 @@ impl XlmrShape {
     fn tensors(&self) -> Vec<(String, Vec<usize>, Init)> {
         let (h, f) = (self.hidden, self.ffn);
         let mut v = vec![
-            ("roberta.embeddings.word_embeddings.weight".into(), vec![self.vocab, h], Init::Normal),
-            ("roberta.embeddings.position_embeddings.weight".into(), vec![self.max_positions, h], Init::Normal),
-            ("roberta.embeddings.token_type_embeddings.weight".into(), vec![1, h], Init::Normal),
-            ("roberta.embeddings.LayerNorm.weight".into(), vec![h], Init::One),
-            ("roberta.embeddings.LayerNorm.bias".into(), vec![h], Init::Zero),
+            (
+                "roberta.embeddings.word_embeddings.weight".into(),
+                vec![self.vocab, h],
+                Init::Normal,
+            ),
+            (
+                "roberta.embeddings.position_embeddings.weight".into(),
+                vec![self.max_positions, h],
+                Init::Normal,
+            ),
+            (
+                "roberta.embeddings.token_type_embeddings.weight".into(),
+                vec![1, h],
+                Init::Normal,
+            ),
+            (
+                "roberta.embeddings.LayerNorm.weight".into(),
+                vec![h],
+                Init::One,
+            ),
+            (
+                "roberta.embeddings.LayerNorm.bias".into(),
+                vec![h],
+                Init::Zero,
+            ),
         ];
         for l in 0..self.layers {
             let p = format!("roberta.encoder.layer.{l}");
@@ -109,8 +129,16 @@ impl XlmrShape {
         }
         v.push(("classifier.dense.weight".into(), vec![h, h], Init::Normal));
         v.push(("classifier.dense.bias".into(), vec![h], Init::Zero));
-        v.push(("classifier.out_proj.weight".into(), vec![self.num_labels, h], Init::Normal));
-        v.push(("classifier.out_proj.bias".into(), vec![self.num_labels], Init::Zero));
+        v.push((
+            "classifier.out_proj.weight".into(),
+            vec![self.num_labels, h],
+            Init::Normal,
+        ));
+        v.push((
+            "classifier.out_proj.bias".into(),
+            vec![self.num_labels],
+            Init::Zero,
+        ));
         v
     }
 }

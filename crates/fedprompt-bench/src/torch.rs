@@ -43,7 +43,12 @@ fn last_json(stdout: &str) -> Option<serde_json::Value> {
         .find_map(|l| serde_json::from_str(l).ok())
 }
 
-fn call(python: &str, script: &Path, args: &[String], threads: Option<usize>) -> Result<serde_json::Value> {
+fn call(
+    python: &str,
+    script: &Path,
+    args: &[String],
+    threads: Option<usize>,
+) -> Result<serde_json::Value> {
     let mut cmd = Command::new(python);
     cmd.arg(script)
         .arg("--json")
@@ -77,7 +82,11 @@ fn call(python: &str, script: &Path, args: &[String], threads: Option<usize>) ->
                 .rev()
                 .collect::<Vec<_>>()
                 .join("\n");
-            bail!("{} exited with {} and no result; stderr tail:\n{tail}", script.display(), out.status)
+            bail!(
+                "{} exited with {} and no result; stderr tail:\n{tail}",
+                script.display(),
+                out.status
+            )
         }
     }
 }

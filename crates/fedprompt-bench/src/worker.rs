@@ -189,7 +189,9 @@ pub fn execute(job: &Job) -> Result<JobResult> {
             res.trainable_params = clf.trainable().num_params();
             let rows = token_rows(job.batch, job.seq_len, cfg.vocab_size);
             let batch = Batch::from_ids(&rows, None, cfg.pad_token_id)?;
-            let y: Vec<u32> = (0..job.batch).map(|i| (i % job.num_labels) as u32).collect();
+            let y: Vec<u32> = (0..job.batch)
+                .map(|i| (i % job.num_labels) as u32)
+                .collect();
             let y = Tensor::new(y.as_slice(), &Device::Cpu)?;
             res.load_s = t0.elapsed().as_secs_f64();
             if job.kind == JobKind::Train {
@@ -247,7 +249,10 @@ pub fn run_worker_job(exe: &Path, job: &Job, threads: Option<usize>) -> Result<J
         .spawn()
         .with_context(|| format!("starting the bench worker {}", exe.display()))?;
     {
-        let mut stdin = child.stdin.take().ok_or_else(|| anyhow!("no worker stdin"))?;
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| anyhow!("no worker stdin"))?;
         stdin.write_all(serde_json::to_string(job)?.as_bytes())?;
     }
     let out = child.wait_with_output()?;
@@ -261,6 +266,9 @@ pub fn run_worker_job(exe: &Path, job: &Job, threads: Option<usize>) -> Result<J
              worker binary (--worker-exe, e.g. target/release/fedprompt-bench)",
             exe.display()
         ),
-        None => bail!("the bench worker failed ({}); see its stderr above", out.status),
+        None => bail!(
+            "the bench worker failed ({}); see its stderr above",
+            out.status
+        ),
     }
 }

@@ -174,7 +174,7 @@ impl EncoderConfig {
             "num_attention_heads must be positive",
         )?;
         check(
-            raw.hidden_size % raw.num_attention_heads == 0,
+            raw.hidden_size.is_multiple_of(raw.num_attention_heads),
             "hidden_size must be a multiple of num_attention_heads",
         )?;
         check(

@@ -25,7 +25,7 @@ impl Weights {
         let single = folder.join("model.safetensors");
         let index = folder.join("model.safetensors.index.json");
         if single.is_file() {
-            Self::open_files(&[single.clone()], single)
+            Self::open_files(std::slice::from_ref(&single), single.clone())
         } else if index.is_file() {
             let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
             let json: serde_json::Value =

@@ -273,12 +273,7 @@ impl ExperimentConfig {
         }
         if let Some(de) = &self.data_efficiency {
             match self.runs.iter().find(|r| r.label == de.run) {
-                None => {
-                    return Err(format!(
-                        "data_efficiency.run `{}` names no run",
-                        de.run
-                    ))
-                }
+                None => return Err(format!("data_efficiency.run `{}` names no run", de.run)),
                 Some(r) if r.paradigm != Paradigm::Federated => {
                     return Err("data_efficiency.run must be a federated run".into())
                 }

@@ -95,7 +95,13 @@ pub fn load(section: &DataSection, seed: u64) -> Result<ExperimentData> {
                 for (split, out) in [("train", &mut tr), ("dev", &mut ev)] {
                     let p = dir.join(lang).join(format!("{split}.tsv"));
                     need(&p)?;
-                    let r = read_masakhanews(&p, Some(lang.as_str()), MasakhaInput::HeadlineText, &labels, &ro)?;
+                    let r = read_masakhanews(
+                        &p,
+                        Some(lang.as_str()),
+                        MasakhaInput::HeadlineText,
+                        &labels,
+                        &ro,
+                    )?;
                     warnings += r.warnings.len();
                     out.extend(r.examples);
                 }

@@ -7,7 +7,9 @@ use std::time::Instant;
 use fedprompt_data::{cap_clients, Example, PartitionSpec, Stratify};
 use fedprompt_fl::{ClientUpdate, RoundPolicy, Server, ServerState, StrategyConfig};
 use fedprompt_model::{Backbone, Classifier, MethodConfig};
-use fedprompt_report::{CommRow, Curve, DataEffPoint, LangMetrics, ParadigmRow, RoundPoint, RunResults};
+use fedprompt_report::{
+    CommRow, Curve, DataEffPoint, LangMetrics, ParadigmRow, RoundPoint, RunResults,
+};
 use fedprompt_train::{
     assign_params, encode_examples, evaluate, params_to_tensors, to_params, train, EncodedExample,
     EvalReport, Proximal, TrainConfig,
@@ -66,7 +68,13 @@ fn derive_seed(seed: u64, parts: &[&str]) -> u64 {
 fn slug(label: &str) -> String {
     label
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect::<String>()
         .split('-')
         .filter(|s| !s.is_empty())
@@ -186,7 +194,11 @@ impl Ctx<'_> {
                     .iter()
                     .filter_map(|l| {
                         let code = tr.keys().find(|k| *k == l).cloned()?;
-                        Some((code.clone(), tr[&code].clone(), ev.get(&code).cloned().unwrap_or_default()))
+                        Some((
+                            code.clone(),
+                            tr[&code].clone(),
+                            ev.get(&code).cloned().unwrap_or_default(),
+                        ))
                     })
                     .collect()
             }
@@ -247,7 +259,12 @@ impl Ctx<'_> {
             Paradigm::Centralized => "centralized".to_string(),
             _ => "monolingual".to_string(),
         };
-        let row = ParadigmRow::new(&spec.label, method_label(&spec.method), setting, per_language);
+        let row = ParadigmRow::new(
+            &spec.label,
+            method_label(&spec.method),
+            setting,
+            per_language,
+        );
         Ok(RunOutcome {
             best_avg: row.average,
             row,
@@ -260,7 +277,12 @@ impl Ctx<'_> {
         })
     }
 
-    fn run_federated(&mut self, spec: &RunSpec, cap: Option<usize>, key: &str) -> Result<RunOutcome> {
+    fn run_federated(
+        &mut self,
+        spec: &RunSpec,
+        cap: Option<usize>,
+        key: &str,
+    ) -> Result<RunOutcome> {
         let start = Instant::now();
         let seed = derive_seed(self.cfg.seed, &[&spec.label]);
         let partition = spec
@@ -295,7 +317,9 @@ impl Ctx<'_> {
             }
         }
         let rounds = spec.rounds.unwrap_or(self.cfg.federation.rounds);
-        let local_epochs = spec.local_epochs.unwrap_or(self.cfg.federation.local_epochs);
+        let local_epochs = spec
+            .local_epochs
+            .unwrap_or(self.cfg.federation.local_epochs);
         let strategy_cfg: StrategyConfig = spec
             .strategy
             .clone()
@@ -310,22 +334,23 @@ impl Ctx<'_> {
         let initial = to_params(clf.trainable())?;
         let ckpt = self.ckpt_dir.join(format!("{key}.ckpt"));
         let prog_path = self.ckpt_dir.join(format!("{key}.progress.json"));
-        let (mut server, mut progress) = if self.opts.resume && ckpt.is_file() && prog_path.is_file() {
-            let state = ServerState::load_checkpoint(&ckpt)?;
-            let server = Server::from_state(state, strategy_cfg.build(policy.clone())?)?;
-            (server, read_json::<FedProgress>(&prog_path)?)
-        } else {
-            (
-                Server::new(initial, strategy_cfg.build(policy.clone())?)?,
-                FedProgress {
-                    curve: Vec::new(),
-                    best_round: 0,
-                    best_avg: -1.0,
-                    best_report: None,
-                    seconds: 0.0,
-                },
-            )
-        };
+        let (mut server, mut progress) =
+            if self.opts.resume && ckpt.is_file() && prog_path.is_file() {
+                let state = ServerState::load_checkpoint(&ckpt)?;
+                let server = Server::from_state(state, strategy_cfg.build(policy.clone())?)?;
+                (server, read_json::<FedProgress>(&prog_path)?)
+            } else {
+                (
+                    Server::new(initial, strategy_cfg.build(policy.clone())?)?,
+                    FedProgress {
+                        curve: Vec::new(),
+                        best_round: 0,
+                        best_avg: -1.0,
+                        best_report: None,
+                        seconds: 0.0,
+                    },
+                )
+            };
         let m = fedprompt_fl::Sampling {
             fraction: policy.fraction_fit,
             min_clients: policy.min_fit_clients,
@@ -426,10 +451,17 @@ impl Ctx<'_> {
             msg: "no round completed".into(),
         })?;
         let setting = match &spec.partition {
-            None | Some(PartitionSpec::PerLanguage) => "non-IID (one client per language)".to_string(),
+            None | Some(PartitionSpec::PerLanguage) => {
+                "non-IID (one client per language)".to_string()
+            }
             Some(p) => serde_json::to_string(p).unwrap_or_default(),
         };
-        let mut row = ParadigmRow::new(&spec.label, method_label(&spec.method), setting, metrics(&report));
+        let mut row = ParadigmRow::new(
+            &spec.label,
+            method_label(&spec.method),
+            setting,
+            metrics(&report),
+        );
         row.average = avg_accuracy(&report);
         let total = server.ledger().total();
         let comm = CommRow {
@@ -504,7 +536,12 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<(RunR
             )));
         }
     }
-    let max_vt = cfg.runs.iter().map(|r| r.method.virtual_tokens()).max().unwrap_or(0);
+    let max_vt = cfg
+        .runs
+        .iter()
+        .map(|r| r.method.virtual_tokens())
+        .max()
+        .unwrap_or(0);
     let max_len = cfg
         .model
         .max_len
@@ -600,9 +637,10 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<(RunR
                 }
             }
             Err(e) => {
-                results
-                    .meta
-                    .insert("distance_note".into(), format!("no language distances: {e}"));
+                results.meta.insert(
+                    "distance_note".into(),
+                    format!("no language distances: {e}"),
+                );
             }
         }
     }
@@ -611,16 +649,29 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<(RunR
         for e in ex {
             *m.entry(e.language.as_str()).or_default() += 1;
         }
-        m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+        m.iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
-    results.meta.insert("train examples".into(), counts(&data.train));
-    results.meta.insert("eval examples".into(), counts(&data.eval));
-    results.meta.insert("labels".into(), data.labels.names().join(", "));
-    results.meta.insert("max tokens".into(), format!("{} (+ virtual tokens)", max_len));
-    results.meta.insert("run times".into(), timings.join("; "));
     results
         .meta
-        .insert("wall time".into(), format!("{:.0} s", started.elapsed().as_secs_f64()));
+        .insert("train examples".into(), counts(&data.train));
+    results
+        .meta
+        .insert("eval examples".into(), counts(&data.eval));
+    results
+        .meta
+        .insert("labels".into(), data.labels.names().join(", "));
+    results.meta.insert(
+        "max tokens".into(),
+        format!("{} (+ virtual tokens)", max_len),
+    );
+    results.meta.insert("run times".into(), timings.join("; "));
+    results.meta.insert(
+        "wall time".into(),
+        format!("{:.0} s", started.elapsed().as_secs_f64()),
+    );
     results.meta.insert(
         "selection".into(),
         "every row reports the epoch/round with the best average eval accuracy (early stopping on eval, as the paper)".into(),

@@ -63,6 +63,12 @@ enum Command {
     Report(cmd::report::Args),
     /// Download and cache the pinned assets, to prepare an offline machine.
     Fetch(cmd::fetch::Args),
+    /// Coordinate a real federation over gRPC (TLS, tokens, deadlines, resume).
+    Serve(cmd::federation::ServeArgs),
+    /// Join a federation as a client: train locally, send only the trainable set.
+    Join(cmd::federation::JoinArgs),
+    /// Create a development CA, server and client certificates and tokens.
+    Devcerts(cmd::federation::DevcertsArgs),
     /// Benchmark training steps and inference beside PyTorch + PEFT on this machine.
     Bench(fedprompt_bench::BenchOptions),
 }
@@ -78,6 +84,9 @@ impl Command {
             Command::Distance(a) => cmd::distance::run(a, g),
             Command::Report(a) => cmd::report::run(a, g),
             Command::Fetch(a) => cmd::fetch::run(a, g),
+            Command::Serve(a) => cmd::federation::serve(a, g),
+            Command::Join(a) => cmd::federation::join(a, g),
+            Command::Devcerts(a) => cmd::federation::devcerts(a, g),
             Command::Bench(a) => {
                 let _ = g;
                 fedprompt_bench::run(&a).map(|_| ())

@@ -3,7 +3,10 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "fedprompt-bench", about = "fedprompt beside PyTorch + PEFT: examples/s, peak memory, bytes per round")]
+#[command(
+    name = "fedprompt-bench",
+    about = "fedprompt beside PyTorch + PEFT: examples/s, peak memory, bytes per round"
+)]
 struct Cli {
     #[command(flatten)]
     opts: fedprompt_bench::BenchOptions,

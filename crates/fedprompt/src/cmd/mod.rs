@@ -3,6 +3,7 @@
 pub mod distance;
 pub mod eval;
 pub mod experiment;
+pub mod federation;
 pub mod fetch;
 pub mod inspect;
 pub mod predict;
