@@ -2,52 +2,12 @@
 //! own adapters round-trip exactly. (That fedprompt's adapters load in Python PEFT is checked
 //! by `scripts/check_adapter_in_peft.py`, see the README.)
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use candle_core::Tensor;
+use fedprompt_model::{adapter, Backbone, Classifier, ForwardCtx, MethodConfig};
 
-use candle_core::{DType, Tensor};
-use fedprompt_model::{adapter, Backbone, Batch, Classifier, ForwardCtx, MethodConfig};
+mod common;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn labels3() -> Vec<String> {
-    vec!["a".into(), "b".into(), "c".into()]
-}
-
-fn refs(name: &str) -> BTreeMap<String, Tensor> {
-    candle_core::safetensors::load(
-        fixtures().join("refs").join(format!("{name}.safetensors")),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap()
-    .into_iter()
-    .collect()
-}
-
-fn batch(r: &BTreeMap<String, Tensor>) -> Batch {
-    let u = |t: &Tensor| t.to_dtype(DType::U32).unwrap();
-    Batch {
-        input_ids: u(&r["input_ids"]),
-        attention_mask: u(&r["attention_mask"]),
-        token_type_ids: r.get("token_type_ids").map(u),
-        lengths: vec![],
-    }
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
+use common::{batch_from, fixtures, labels3, load_refs, max_abs_diff};
 
 #[test]
 fn peft_adapters_load_and_reproduce_peft_logits() {
@@ -58,9 +18,9 @@ fn peft_adapters_load_and_reproduce_peft_logits() {
             let meta = adapter::read_meta(&dir).unwrap();
             let clf = Classifier::new(&backbone, &meta.method, &labels3(), 7).unwrap();
             adapter::load(&clf, &dir).unwrap();
-            let r = refs(&format!("{family}-{m}"));
-            let logits = clf.forward(&batch(&r), &ForwardCtx::eval()).unwrap();
-            let d = max_diff(&logits, &r["logits"]);
+            let r = load_refs(&format!("{family}-{m}"));
+            let logits = clf.forward(&batch_from(&r), &ForwardCtx::eval()).unwrap();
+            let d = max_abs_diff(&logits, &r["logits"]);
             assert!(d <= 1e-4, "{family}-{m}: logits differ by {d}");
         }
     }
@@ -74,16 +34,16 @@ fn head_file_loads() {
         clf.trainable()
             .load(&fixtures().join(format!("adapters/{family}-head/head.safetensors")))
             .unwrap();
-        let r = refs(&format!("{family}-head"));
-        let logits = clf.forward(&batch(&r), &ForwardCtx::eval()).unwrap();
-        assert!(max_diff(&logits, &r["logits"]) <= 1e-4, "{family}-head");
+        let r = load_refs(&format!("{family}-head"));
+        let logits = clf.forward(&batch_from(&r), &ForwardCtx::eval()).unwrap();
+        assert!(max_abs_diff(&logits, &r["logits"]) <= 1e-4, "{family}-head");
     }
 }
 
 #[test]
 fn own_adapters_round_trip_exactly() {
     let backbone = Backbone::load(&fixtures().join("tiny-xlmr")).unwrap();
-    let r = refs("xlmr-lora");
+    let r = load_refs("xlmr-lora");
     let methods = [
         MethodConfig::Prompt {
             num_virtual_tokens: 3,
@@ -116,9 +76,9 @@ fn own_adapters_round_trip_exactly() {
         assert_eq!(meta.labels.as_deref(), Some(labels3().as_slice()));
         let b = Classifier::new(&backbone, &meta.method, &labels3(), 99).unwrap();
         adapter::load(&b, dir.path()).unwrap();
-        let la = a.forward(&batch(&r), &ForwardCtx::eval()).unwrap();
-        let lb = b.forward(&batch(&r), &ForwardCtx::eval()).unwrap();
-        assert_eq!(max_diff(&la, &lb), 0.0, "{}", m.name());
+        let la = a.forward(&batch_from(&r), &ForwardCtx::eval()).unwrap();
+        let lb = b.forward(&batch_from(&r), &ForwardCtx::eval()).unwrap();
+        assert_eq!(max_abs_diff(&la, &lb), 0.0, "{}", m.name());
         // PEFT-layout files exist for the methods PEFT knows.
         let peft = dir.path().join("adapter_model.safetensors").is_file();
         assert_eq!(

@@ -3,20 +3,15 @@
 //! by `scripts/make_parity_fixtures.py` and committed under `tests/fixtures/`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Tensor};
+mod common;
+
+use common::{batch_from, fixtures, labels3, load_refs, max_abs_diff};
 use fedprompt_model::adapter::from_peft_key;
 use fedprompt_model::nn::cross_entropy;
-use fedprompt_model::{Backbone, Batch, Classifier, ForwardCtx, MethodConfig, TextInput};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn labels3() -> Vec<String> {
-    vec!["a".into(), "b".into(), "c".into()]
-}
+use fedprompt_model::{Backbone, Classifier, ForwardCtx, MethodConfig, TextInput};
 
 fn method(m: &str) -> MethodConfig {
     match m {
@@ -49,48 +44,6 @@ fn our_name(method: &str, torch_name: &str) -> String {
         return format!("prompt_encoder.{rest}");
     }
     from_peft_key(torch_name)
-}
-
-fn load_refs(name: &str) -> BTreeMap<String, Tensor> {
-    let path = fixtures().join("refs").join(format!("{name}.safetensors"));
-    candle_core::safetensors::load(&path, &candle_core::Device::Cpu)
-        .expect("reference file")
-        .into_iter()
-        .collect()
-}
-
-fn batch_from(refs: &BTreeMap<String, Tensor>) -> Batch {
-    let to_u32 = |t: &Tensor| t.to_dtype(DType::U32).unwrap();
-    let ids = to_u32(&refs["input_ids"]);
-    let lengths = refs["attention_mask"]
-        .to_dtype(DType::F32)
-        .unwrap()
-        .sum(1)
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .into_iter()
-        .map(|x| x as usize)
-        .collect();
-    Batch {
-        input_ids: ids,
-        attention_mask: to_u32(&refs["attention_mask"]),
-        token_type_ids: refs.get("token_type_ids").map(to_u32),
-        lengths,
-    }
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn max_abs(a: &Tensor) -> f32 {

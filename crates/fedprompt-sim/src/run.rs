@@ -351,12 +351,9 @@ impl Ctx<'_> {
                     },
                 )
             };
-        let m = fedprompt_fl::Sampling {
-            fraction: policy.fraction_fit,
-            min_clients: policy.min_fit_clients,
-            min_available: policy.min_available_clients,
-        }
-        .num_sampled(client_ids.len())?;
+        let m = policy
+            .sampling(fedprompt_fl::Phase::Fit)
+            .num_sampled(client_ids.len())?;
         let mean_client = client_data.values().map(|d| d.len()).sum::<usize>() / client_ids.len();
         let per_round = m as u64 * self.steps_per_epoch(mean_client) * local_epochs as u64;
         let pb = self.bar(per_round * rounds, spec.label.clone());
@@ -385,6 +382,14 @@ impl Ctx<'_> {
                 Some(fedprompt_fl::ConfigValue::Float(x)) if *x > 0.0 => Some(*x),
                 _ => None,
             };
+            // FedProx's anchor is the round's global model, the same for every client.
+            let prox = match mu {
+                Some(mu) => Some(Proximal {
+                    mu,
+                    global: params_to_tensors(server.global())?,
+                }),
+                None => None,
+            };
             for c in &plan.clients {
                 fit.record_sent(c, down)?;
                 assign_params(clf.trainable(), server.global())?;
@@ -392,13 +397,6 @@ impl Ctx<'_> {
                 let mut tcfg = self.train_cfg(spec, local_epochs, cseed);
                 tcfg.restore_best = false;
                 tcfg.patience = usize::MAX;
-                let prox = match mu {
-                    Some(mu) => Some(Proximal {
-                        mu,
-                        global: params_to_tensors(server.global())?,
-                    }),
-                    None => None,
-                };
                 let data = &client_data[c];
                 pb.set_message(format!("round {round}/{rounds} client {c}"));
                 train(
