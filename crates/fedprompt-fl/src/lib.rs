@@ -10,6 +10,7 @@
 
 mod checkpoint;
 pub mod codec;
+pub mod seed;
 mod comm;
 pub mod dp;
 mod error;
@@ -23,6 +24,7 @@ pub use comm::{CommEntry, CommLedger, Traffic};
 pub use error::{FlError, ParamsError, Result};
 pub use params::{Layout, Params, Tensor};
 pub use sampling::{round_rng, Phase, Sampling};
+pub use seed::{client_round_seed, derive_seed};
 pub use server::{
     EvalOutcome, EvalRound, FitRound, RoundCollector, RoundOutcome, Server, ServerState,
 };

@@ -91,6 +91,10 @@ pub struct ModelTrainerConfig {
     pub train: TrainConfig,
     /// Batch size of evaluation.
     pub eval_batch_size: usize,
+    /// This client's name. With it, each round's local seed is
+    /// [`fedprompt_fl::client_round_seed`]`(seed, name, round)`, the simulator's own rule, so a
+    /// networked run reproduces a simulated one; without it, `seed + round`.
+    pub client_name: Option<String>,
 }
 
 impl ModelTrainerConfig {
@@ -103,6 +107,7 @@ impl ModelTrainerConfig {
             format: GenericFormat::default(),
             train: TrainConfig::default(),
             eval_batch_size: 32,
+            client_name: None,
         }
     }
 }
@@ -198,7 +203,12 @@ impl ModelTrainer {
             t.seed = v as u64;
         }
         // A different shuffle each round, reproducible from the seed.
-        t.seed = t.seed.wrapping_add(task.round);
+        t.seed = match &self.cfg.client_name {
+            Some(name) => fedprompt_fl::client_round_seed(t.seed, name, task.round),
+            None => t.seed.wrapping_add(task.round),
+        };
+        // Local training in a federation: no early stopping, the last step's weights.
+        t.restore_best = false;
         t
     }
 }

@@ -6,8 +6,10 @@
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod export;
 pub mod run;
 
 pub use config::{DataSection, DataSource, ExperimentConfig, Paradigm, RunSpec};
 pub use error::{Result, SimError};
+pub use export::{export_federation, FederationExport};
 pub use run::{load_backbone, method_label, run_experiment, RunOptions};

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use fedprompt_data::{cap_clients, Example, PartitionSpec, Stratify};
-use fedprompt_fl::{ClientUpdate, RoundPolicy, Server, ServerState, StrategyConfig};
+use fedprompt_fl::{
+    client_round_seed, derive_seed, ClientUpdate, RoundPolicy, Server, ServerState, StrategyConfig,
+};
 use fedprompt_model::{Backbone, Classifier, MethodConfig};
 use fedprompt_report::{
     CommRow, Curve, DataEffPoint, LangMetrics, ParadigmRow, RoundPoint, RunResults,
@@ -53,19 +55,7 @@ struct FedProgress {
     seconds: f64,
 }
 
-fn derive_seed(seed: u64, parts: &[&str]) -> u64 {
-    // FNV-1a over the parts, mixed with the seed: stable across platforms and versions.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    for p in parts {
-        for b in p.bytes().chain(std::iter::once(0xff)) {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    h
-}
-
-fn slug(label: &str) -> String {
+pub(crate) fn slug(label: &str) -> String {
     label
         .chars()
         .map(|c| {
@@ -393,7 +383,7 @@ impl Ctx<'_> {
             for c in &plan.clients {
                 fit.record_sent(c, down)?;
                 assign_params(clf.trainable(), server.global())?;
-                let cseed = derive_seed(seed, &[c, &round.to_string()]);
+                let cseed = client_round_seed(seed, c, round);
                 let mut tcfg = self.train_cfg(spec, local_epochs, cseed);
                 tcfg.restore_best = false;
                 tcfg.patience = usize::MAX;

@@ -69,6 +69,12 @@ enum Command {
     Join(cmd::federation::JoinArgs),
     /// Create a development CA, server and client certificates and tokens.
     Devcerts(cmd::federation::DevcertsArgs),
+    /// Join a Flower (flwr 1.42) federation as a native SuperNode.
+    FlowerNode(cmd::flower::NodeArgs),
+    /// Make an ECDSA P-384 key set for a Flower SuperLink with SuperNode authentication.
+    FlowerKeygen(cmd::flower::KeygenArgs),
+    /// Export a federated run of an experiment for a Flower federation (and its expected result).
+    FlowerExport(cmd::flower::ExportArgs),
     /// Benchmark training steps and inference beside PyTorch + PEFT on this machine.
     Bench(fedprompt_bench::BenchOptions),
 }
@@ -87,6 +93,9 @@ impl Command {
             Command::Serve(a) => cmd::federation::serve(a, g),
             Command::Join(a) => cmd::federation::join(a, g),
             Command::Devcerts(a) => cmd::federation::devcerts(a, g),
+            Command::FlowerNode(a) => cmd::flower::node(a, g),
+            Command::FlowerKeygen(a) => cmd::flower::keygen(a, g),
+            Command::FlowerExport(a) => cmd::flower::export(a, g),
             Command::Bench(a) => {
                 let _ = g;
                 fedprompt_bench::run(&a).map(|_| ())
@@ -108,6 +117,7 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }

@@ -5,6 +5,7 @@ pub mod eval;
 pub mod experiment;
 pub mod federation;
 pub mod fetch;
+pub mod flower;
 pub mod inspect;
 pub mod predict;
 pub mod report;

@@ -1,0 +1,1 @@
+"""fedprompt Flower App (ServerApp with stock FedAvg; Python ClientApp with PEFT)."""
