@@ -519,9 +519,11 @@ def main() -> int:
                     help="what runs the nodes that are fedprompt nodes in the scenario")
     ap.add_argument("--node-arg", action="append", default=[],
                     help="extra argument for every fedprompt node (repeatable)")
-    ap.add_argument("--flwr-venv", type=Path, default=Path("/work/flwr-venv"),
-                    help="venv with flwr 1.42.0 (flower-superlink, flwr)")
-    ap.add_argument("--python-supernode-venv", type=Path, default=Path("/work/flwr-torch-venv"),
+    ap.add_argument("--flwr-venv", type=Path, default=None,
+                    help="venv with flwr 1.42.0 (flower-superlink, flwr); default: "
+                         "make_flwr_venv.py's ($FEDPROMPT_FLWR_VENV, $FEDPROMPT_CACHE/"
+                         "flwr-1.42.0-venv or ~/.cache/fedprompt/flwr-1.42.0-venv)")
+    ap.add_argument("--python-supernode-venv", type=Path, default=None,
                     help="venv with flwr + torch + transformers + peft (make_supernode_venv.py)")
     ap.add_argument("--app", type=Path, default=HERE / "fedprompt_app")
     ap.add_argument("--rounds", type=int, default=None, help="default: run.json's rounds")
@@ -538,6 +540,17 @@ def main() -> int:
     ap.add_argument("--rogue-timeout", type=float, default=60.0,
                     help="auth: how long the unregistered node may take to give up")
     args = ap.parse_args()
+    if args.flwr_venv is None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from make_flwr_venv import default_dir  # noqa: E402
+
+        args.flwr_venv = default_dir()
+    if args.python_supernode_venv is None:
+        args.python_supernode_venv = args.flwr_venv.parent / "flwr-1.42.0-torch-venv"
+    if not (args.flwr_venv / "bin" / "flower-superlink").exists():
+        print(f"error: no flwr venv at {args.flwr_venv}: run "
+              "`python3 interop/flower/make_flwr_venv.py` (or pass --flwr-venv)", file=sys.stderr)
+        return 2
     args.export = args.export.resolve()
     args.model = args.model.resolve()
     args.app = args.app.resolve()

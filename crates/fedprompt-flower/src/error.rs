@@ -29,7 +29,7 @@ pub enum FlowerError {
         detail: String,
     },
     /// The SuperLink rejected the node's signed identity (HTTP 401).
-    #[error("the SuperLink refused this node's authentication on `{rpc}`: {detail}. With SuperNode authentication on (`flower-superlink --enable-supernode-auth`), the node's public key must be registered first (`flwr supernode register <public-key.pem>`) and `--auth-key` must name the matching private key")]
+    #[error("the SuperLink refused this node's authentication on `{rpc}`: {detail}. With SuperNode authentication on (`flower-superlink --enable-supernode-auth`), the node's public key must be registered first (`flwr supernode register <node>.pub <superlink>`, OpenSSH format, as `fedprompt flower-keygen` writes it) and `--auth-key` must name the matching private key")]
     Unauthenticated {
         /// The Fleet RPC.
         rpc: &'static str,
