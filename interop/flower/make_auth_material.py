@@ -2,7 +2,7 @@
 """TLS certificates and SuperNode key pairs for a loopback Flower deployment with
 SuperNode authentication (`flower-superlink --enable-supernode-auth`, which needs TLS).
 
-    /work/flwr-venv/bin/python interop/flower/make_auth_material.py OUT alpha beta gamma rogue
+    FLWR_VENV/bin/python interop/flower/make_auth_material.py OUT alpha beta gamma rogue
 
 Needs the `cryptography` package (a flwr dependency). Writes under OUT:
   ca.pem, ca.key                self-signed CA (EC P-256, 1 day)

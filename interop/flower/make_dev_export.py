@@ -2,7 +2,7 @@
 """Make a small export folder in the layout of `fedprompt flower-export`, for developing
 and checking the Flower interop without the fedprompt binary.
 
-    /work/pyref/bin/python interop/flower/make_dev_export.py /tmp/flower-dev-export \
+    TORCH_VENV/bin/python interop/flower/make_dev_export.py /tmp/flower-dev-export \
         --model crates/fedprompt-model/tests/fixtures/tiny-xlmr [--rounds 3] [--no-expected]
 
 Writes:

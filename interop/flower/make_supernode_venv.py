@@ -3,9 +3,9 @@
 flwr 1.42.0 (flower-supernode, flower-superexec, flwr-clientapp) plus torch,
 transformers and peft, without touching the environments it borrows from.
 
-    python3 interop/flower/make_supernode_venv.py /work/flwr-torch-venv \
-        --flwr-wheel /work/flwr-dl/flwr-1.42.0-py3-none-any.whl \
-        --flwr-deps-from /work/flwr-venv --torch-from /work/pyref
+    python3 interop/flower/make_supernode_venv.py VENV \
+        --flwr-wheel flwr-1.42.0-py3-none-any.whl \
+        --flwr-deps-from FLWR_VENV --torch-from TORCH_VENV
 
 What it does (stdlib only, offline):
   1. `<base python> -m venv DIR` with the same interpreter as --torch-from (same minor
@@ -63,9 +63,9 @@ def run(cmd: list[str]) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dir", type=Path)
-    ap.add_argument("--flwr-wheel", type=Path, default=Path("/work/flwr-dl/flwr-1.42.0-py3-none-any.whl"))
-    ap.add_argument("--flwr-deps-from", type=Path, default=Path("/work/flwr-venv"))
-    ap.add_argument("--torch-from", type=Path, default=Path("/work/pyref"))
+    ap.add_argument("--flwr-wheel", type=Path, required=True, help="flwr-1.42.0-py3-none-any.whl (pip download --no-deps flwr==1.42.0)")
+    ap.add_argument("--flwr-deps-from", type=Path, required=True, help="a venv with flwr's dependencies (make_flwr_venv.py's)")
+    ap.add_argument("--torch-from", type=Path, required=True, help="a venv with torch, transformers, peft")
     ap.add_argument("--install-deps", type=Path, metavar="REQS", default=None,
                     help="requirements file of flwr's dependencies to install from the index instead of linking")
     args = ap.parse_args()

@@ -250,6 +250,18 @@ fn deflate_recorddict(sink: &mut Sink, rd: &RecordDict) -> proto::ObjectTree {
     sink.put("RecordDict", &dedup(trees), py_refs(&refs).as_bytes())
 }
 
+impl RecordDict {
+    /// Deflates the record dict (its objects and tree).
+    pub fn deflate(&self) -> Deflated {
+        let mut sink = Sink::default();
+        let tree = deflate_recorddict(&mut sink, self);
+        Deflated {
+            objects: sink.objects,
+            tree,
+        }
+    }
+}
+
 impl Message {
     /// Deflates the message; its id (the root's) is also written into `metadata.message_id`.
     pub fn deflate(&mut self) -> Deflated {
@@ -289,6 +301,35 @@ impl Message {
     }
 }
 
+/// A JSON object of `name → id`, in the order of the text (serde_json's map would sort it).
+struct OrderedRefs(Vec<(String, String)>);
+
+impl<'de> serde::Deserialize<'de> for OrderedRefs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = OrderedRefs;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object mapping names to object ids")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<OrderedRefs, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = m.next_entry::<String, String>()? {
+                    if out.iter().any(|(name, _): &(String, String)| *name == k) {
+                        return Err(serde::de::Error::custom(format!("name `{k}` appears twice")));
+                    }
+                    out.push((k, v));
+                }
+                Ok(OrderedRefs(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 /// Rebuilds messages from pulled objects, checking every hash and structure.
 pub struct Inflater<'a> {
     objects: &'a HashMap<String, Vec<u8>>,
@@ -316,15 +357,9 @@ impl<'a> Inflater<'a> {
     }
 
     fn refs(id: &str, body: &[u8], children: &[&str]) -> Result<Vec<(String, String)>> {
-        let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)
-            .map_err(|e| FlowerError::object(id, format!("body is not a JSON object: {e}")))?;
-        let mut out = Vec::with_capacity(map.len());
-        for (k, v) in map {
-            let v = v
-                .as_str()
-                .ok_or_else(|| FlowerError::object(id, format!("entry `{k}` is not an object id")))?;
-            out.push((k, v.to_string()));
-        }
+        let out = serde_json::from_slice::<OrderedRefs>(body)
+            .map_err(|e| FlowerError::object(id, format!("body is not a JSON object of ids: {e}")))?
+            .0;
         let mut want: Vec<&str> = out.iter().map(|(_, v)| v.as_str()).collect();
         want.sort_unstable();
         want.dedup();
