@@ -10,12 +10,12 @@
 
 mod checkpoint;
 pub mod codec;
-pub mod seed;
 mod comm;
 pub mod dp;
 mod error;
 mod params;
 mod sampling;
+pub mod seed;
 mod server;
 mod strategy;
 mod update;

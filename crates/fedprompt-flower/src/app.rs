@@ -98,7 +98,11 @@ pub fn params_from_arrays(ar: &ArrayRecord) -> Result<Params, String> {
 
 /// Parameters as an ArrayRecord, in `order` (names not in `order` follow, sorted).
 pub fn arrays_from_params(p: &Params, order: &[String]) -> ArrayRecord {
-    let mut names: Vec<&str> = order.iter().map(String::as_str).filter(|n| p.get(n).is_some()).collect();
+    let mut names: Vec<&str> = order
+        .iter()
+        .map(String::as_str)
+        .filter(|n| p.get(n).is_some())
+        .collect();
     for n in p.names() {
         if !names.contains(&n) {
             names.push(n);
@@ -107,7 +111,10 @@ pub fn arrays_from_params(p: &Params, order: &[String]) -> ArrayRecord {
     ArrayRecord(
         names
             .into_iter()
-            .filter_map(|n| p.get(n).map(|t| (n.to_string(), Array::from_f32(t.shape(), t.data()))))
+            .filter_map(|n| {
+                p.get(n)
+                    .map(|t| (n.to_string(), Array::from_f32(t.shape(), t.data())))
+            })
             .collect(),
     )
 }
@@ -127,12 +134,20 @@ fn metric_record(items: &[(&str, Mv)]) -> proto::MetricRecord {
 }
 
 fn fail(msg: impl Into<String>) -> (i64, String) {
-    (CLIENT_APP_RAISED_EXCEPTION, format!("fedprompt node: {}", msg.into()))
+    (
+        CLIENT_APP_RAISED_EXCEPTION,
+        format!("fedprompt node: {}", msg.into()),
+    )
 }
 
 impl<T: LocalTrainer> MessageHandler for FedpromptApp<T> {
     fn handle(&mut self, message: &Message) -> Result<RecordDict, (i64, String)> {
-        let kind = message.metadata.message_type.split('.').next().unwrap_or("");
+        let kind = message
+            .metadata
+            .message_type
+            .split('.')
+            .next()
+            .unwrap_or("");
         if kind != "train" && kind != "evaluate" {
             return Err(fail(format!(
                 "message type `{}` is not supported (only `train` and `evaluate`)",
@@ -146,7 +161,9 @@ impl<T: LocalTrainer> MessageHandler for FedpromptApp<T> {
         let (config, spec_json) = client_config(&content.config());
         let spec = match spec_json {
             Some(s) => Some(serde_json::from_str::<ModelSpec>(&s).map_err(|e| {
-                fail(format!("`{SPEC_KEY}` is not a valid model description: {e}"))
+                fail(format!(
+                    "`{SPEC_KEY}` is not a valid model description: {e}"
+                ))
             })?),
             None => self.spec.clone(),
         };
@@ -176,11 +193,16 @@ impl<T: LocalTrainer> MessageHandler for FedpromptApp<T> {
         if kind == "train" {
             let r = self.trainer.fit(&task).map_err(|e| fail(e.to_string()))?;
             if !r.params.same_layout(&global) {
-                return Err(fail("training changed the names or shapes of the trainable set"));
+                return Err(fail(
+                    "training changed the names or shapes of the trainable set",
+                ));
             }
             let loss = r.metrics.get("train_loss").copied().unwrap_or(f64::NAN);
             Ok(RecordDict(vec![
-                (ARRAYS_KEY.into(), Record::Arrays(arrays_from_params(&r.params, &order))),
+                (
+                    ARRAYS_KEY.into(),
+                    Record::Arrays(arrays_from_params(&r.params, &order)),
+                ),
                 (
                     METRICS_KEY.into(),
                     Record::Metrics(metric_record(&[
@@ -190,7 +212,10 @@ impl<T: LocalTrainer> MessageHandler for FedpromptApp<T> {
                 ),
             ]))
         } else {
-            let r = self.trainer.evaluate(&task).map_err(|e| fail(e.to_string()))?;
+            let r = self
+                .trainer
+                .evaluate(&task)
+                .map_err(|e| fail(e.to_string()))?;
             let get = |k: &str| r.metrics.get(k).copied().unwrap_or(f64::NAN);
             Ok(RecordDict(vec![(
                 METRICS_KEY.into(),

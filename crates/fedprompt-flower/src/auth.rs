@@ -28,7 +28,9 @@ pub struct NodeKey {
 
 impl std::fmt::Debug for NodeKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeKey").field("public_pem", &self.public_pem).finish()
+        f.debug_struct("NodeKey")
+            .field("public_pem", &self.public_pem)
+            .finish()
     }
 }
 
@@ -107,7 +109,8 @@ impl NodeKey {
     /// `flwr supernode register` takes.
     pub fn public_openssh(&self) -> Result<String> {
         let point = self.key.verifying_key().to_encoded_point(false);
-        let data = ssh_key::public::KeyData::Ecdsa(ssh_key::public::EcdsaPublicKey::NistP384(point));
+        let data =
+            ssh_key::public::KeyData::Ecdsa(ssh_key::public::EcdsaPublicKey::NistP384(point));
         ssh_key::PublicKey::new(data, "fedprompt-node")
             .to_openssh()
             .map_err(|e| FlowerError::Config(format!("cannot encode the public key: {e}")))
@@ -243,11 +246,21 @@ mod tests {
                 ssh_key::public::KeyData::Ecdsa(ssh_key::public::EcdsaPublicKey::NistP384(p)) => *p,
                 _ => unreachable!(),
             },
-            private: ssh_key::private::EcdsaPrivateKey::from(p384::SecretKey::from_slice(&sk_bytes).unwrap()),
+            private: ssh_key::private::EcdsaPrivateKey::from(
+                p384::SecretKey::from_slice(&sk_bytes).unwrap(),
+            ),
         };
-        let sshk = ssh_key::PrivateKey::new(ssh_key::private::KeypairData::Ecdsa(keypair), "t").unwrap();
+        let sshk =
+            ssh_key::PrivateKey::new(ssh_key::private::KeypairData::Ecdsa(keypair), "t").unwrap();
         let path = dir.path().join("id_ecdsa");
-        std::fs::write(&path, sshk.to_openssh(ssh_key::LineEnding::LF).unwrap().as_bytes()).unwrap();
-        assert_eq!(NodeKey::from_pem_file(&path).unwrap().public_pem(), k.public_pem());
+        std::fs::write(
+            &path,
+            sshk.to_openssh(ssh_key::LineEnding::LF).unwrap().as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            NodeKey::from_pem_file(&path).unwrap().public_pem(),
+            k.public_pem()
+        );
     }
 }

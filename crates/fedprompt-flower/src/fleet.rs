@@ -205,7 +205,11 @@ impl FleetClient {
     /// `DeactivateNode`: go offline.
     pub async fn deactivate_node(&self, node_id: u64) -> Result<()> {
         let _: proto::DeactivateNodeResponse = self
-            .call("deactivate-node", &proto::DeactivateNodeRequest { node_id }, None)
+            .call(
+                "deactivate-node",
+                &proto::DeactivateNodeRequest { node_id },
+                None,
+            )
             .await?;
         Ok(())
     }
@@ -349,7 +353,12 @@ impl FleetClient {
     }
 
     /// `ConfirmMessageReceived`.
-    pub async fn confirm_received(&self, node_id: u64, run_id: u64, message_id: &str) -> Result<()> {
+    pub async fn confirm_received(
+        &self,
+        node_id: u64,
+        run_id: u64,
+        message_id: &str,
+    ) -> Result<()> {
         let _: proto::ConfirmMessageReceivedResponse = self
             .call(
                 "confirm-message-received",
@@ -379,7 +388,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// Turns an error status and body into a [`FlowerError`].
 fn refusal(rpc: &'static str, status: u16, body: &[u8]) -> FlowerError {
     let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-    let code = json.as_ref().and_then(|j| j.get("code")).and_then(|c| c.as_i64());
+    let code = json
+        .as_ref()
+        .and_then(|j| j.get("code"))
+        .and_then(|c| c.as_i64());
     let mut detail = json
         .as_ref()
         .and_then(|j| j.get("detail").or_else(|| j.get("public_message")))
@@ -419,7 +431,11 @@ mod tests {
             br#"{"code": 1001, "detail": "SuperLink version 1.43.0 detected a runtime version mismatch"}"#,
         );
         assert!(matches!(v, FlowerError::Version(_)), "{v}");
-        let a = refusal("pull-messages", 401, br#"{"detail": "Invalid SuperNode authentication"}"#);
+        let a = refusal(
+            "pull-messages",
+            401,
+            br#"{"detail": "Invalid SuperNode authentication"}"#,
+        );
         assert!(a.to_string().contains("flwr supernode register"), "{a}");
         let o = refusal("push-object", 500, b"boom");
         assert!(o.is_transient() && o.to_string().contains("boom"));

@@ -103,7 +103,9 @@ where
     loop {
         match f().await {
             Ok(v) => return Ok(v),
-            Err(e) if e.is_transient() && start.elapsed() < budget && !stop.load(Ordering::SeqCst) => {
+            Err(e)
+                if e.is_transient() && start.elapsed() < budget && !stop.load(Ordering::SeqCst) =>
+            {
                 tracing::warn!("{what}: {e}; retrying in {:.1} s", wait.as_secs_f64());
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(30));
@@ -143,15 +145,21 @@ pub async fn run(
     .await
     .map_err(|e| match e {
         // flwr 1.42 answers an unknown pre-registered key with 412 / code 2004.
-        FlowerError::Refused { status: 412, detail, .. } if !self_registered => {
-            FlowerError::Unauthenticated {
-                rpc: "activate-node",
-                detail: format!("{detail} (is this node's public key registered?)"),
-            }
-        }
+        FlowerError::Refused {
+            status: 412,
+            detail,
+            ..
+        } if !self_registered => FlowerError::Unauthenticated {
+            rpc: "activate-node",
+            detail: format!("{detail} (is this node's public key registered?)"),
+        },
         e => e,
     })?;
-    tracing::info!(node_id, url = client.base_url(), "connected to the Flower SuperLink");
+    tracing::info!(
+        node_id,
+        url = client.base_url(),
+        "connected to the Flower SuperLink"
+    );
 
     let fatal: Arc<std::sync::Mutex<Option<FlowerError>>> = Arc::default();
     let hb = {
@@ -167,9 +175,11 @@ pub async fn run(
                 match client.heartbeat(node_id, HEARTBEAT_INTERVAL).await {
                     Ok(true) => {}
                     Ok(false) => {
-                        *fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(FlowerError::Config(
-                            "the SuperLink no longer recognizes this node (heartbeat refused)".into(),
-                        ));
+                        *fatal.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(FlowerError::Config(
+                                "the SuperLink no longer recognizes this node (heartbeat refused)"
+                                    .into(),
+                            ));
                         stop.store(true, Ordering::SeqCst);
                     }
                     Err(e) if e.is_transient() => tracing::warn!("heartbeat: {e}"),
@@ -222,7 +232,10 @@ async fn serve(
         if cfg.max_messages.is_some_and(|m| handled >= m) {
             break;
         }
-        let pulled = retry("PullMessages", budget, stop, || client.pull_messages(node_id)).await?;
+        let pulled = retry("PullMessages", budget, stop, || {
+            client.pull_messages(node_id)
+        })
+        .await?;
         let (Some(pm), Some(tree)) = (
             pulled.messages_list.into_iter().next(),
             pulled.message_object_trees.into_iter().next(),
@@ -293,7 +306,10 @@ async fn serve(
         match result {
             Ok(rd) => {
                 reply.content = Some(rd);
-                *summary.handled.entry(meta.message_type.clone()).or_default() += 1;
+                *summary
+                    .handled
+                    .entry(meta.message_type.clone())
+                    .or_default() += 1;
             }
             Err((code, reason)) => {
                 tracing::warn!("error reply: {reason}");
@@ -309,7 +325,12 @@ async fn serve(
         let deflated = reply.deflate();
         let runtime = started.elapsed().as_secs_f64();
         let pushed = retry("PushMessages", budget, stop, || {
-            client.push_messages(node_id, reply.to_push_proto(), deflated.tree.clone(), runtime)
+            client.push_messages(
+                node_id,
+                reply.to_push_proto(),
+                deflated.tree.clone(),
+                runtime,
+            )
         })
         .await?;
         for (id, bytes) in &deflated.objects {

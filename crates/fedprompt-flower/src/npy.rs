@@ -99,10 +99,12 @@ pub fn decode(bytes: &[u8]) -> Result<Npy, String> {
         .checked_add(hlen)
         .filter(|&e| e <= bytes.len())
         .ok_or("truncated .npy header")?;
-    let header = std::str::from_utf8(&bytes[start..end]).map_err(|_| "the .npy header is not text")?;
+    let header =
+        std::str::from_utf8(&bytes[start..end]).map_err(|_| "the .npy header is not text")?;
     let descr = dict_value(header, "descr").ok_or("the .npy header has no 'descr'")?;
     let descr = descr.trim_matches(|c| c == '\'' || c == '"').to_string();
-    let fortran = dict_value(header, "fortran_order").ok_or("the .npy header has no 'fortran_order'")?;
+    let fortran =
+        dict_value(header, "fortran_order").ok_or("the .npy header has no 'fortran_order'")?;
     if fortran != "False" {
         return Err("Fortran-order arrays are not supported (save with C order)".into());
     }
@@ -115,7 +117,10 @@ pub fn decode(bytes: &[u8]) -> Result<Npy, String> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| format!("bad .npy shape `{shape_s}`")))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| format!("bad .npy shape `{shape_s}`"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let size = itemsize(&descr).ok_or_else(|| {
         format!("dtype `{descr}` is not supported (plain integer and float dtypes only)")
@@ -217,7 +222,9 @@ mod tests {
         let b = encode_f32(&[2, 3], &[0.0; 6]);
         assert_eq!(b.len(), 152);
         assert_eq!(&b[..10], b"\x93NUMPY\x01\x00v\x00");
-        assert!(b[10..128].starts_with(b"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }"));
+        assert!(
+            b[10..128].starts_with(b"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }")
+        );
         assert_eq!(b[127], b'\n');
         assert_eq!(encode_f32(&[5], &[0.0; 5]).len(), 148);
         assert_eq!(encode_f32(&[], &[1.5]).len(), 132);
@@ -235,16 +242,25 @@ mod tests {
     #[test]
     fn rejects_bad_input() {
         let ok = encode_f32(&[2, 2], &[1.0; 4]);
-        assert!(decode(&ok[..ok.len() - 1]).unwrap_err().contains("truncated"));
+        assert!(decode(&ok[..ok.len() - 1])
+            .unwrap_err()
+            .contains("truncated"));
         assert!(decode(b"garbage bytes here").is_err());
         let swap = |from: &str, to: &str| {
             let mut b = ok.clone();
-            let at = b.windows(from.len()).position(|w| w == from.as_bytes()).unwrap();
+            let at = b
+                .windows(from.len())
+                .position(|w| w == from.as_bytes())
+                .unwrap();
             b[at..at + to.len()].copy_from_slice(to.as_bytes());
             b
         };
-        assert!(decode(&swap("<f4", "|O8")).unwrap_err().contains("not supported"));
-        assert!(decode(&swap("False", "True ")).unwrap_err().contains("Fortran"));
+        assert!(decode(&swap("<f4", "|O8"))
+            .unwrap_err()
+            .contains("not supported"));
+        assert!(decode(&swap("False", "True "))
+            .unwrap_err()
+            .contains("Fortran"));
     }
 
     #[test]

@@ -86,7 +86,10 @@ pub fn parse<'a>(id: &str, content: &'a [u8]) -> Result<ObjectView<'a>> {
         children.split(',').collect()
     };
     if let Some(bad) = children.iter().find(|c| !is_object_id(c)) {
-        return Err(FlowerError::object(id, format!("child id `{bad}` is not a SHA-256 hex digest")));
+        return Err(FlowerError::object(
+            id,
+            format!("child id `{bad}` is not a SHA-256 hex digest"),
+        ));
     }
     Ok(ObjectView {
         class,
@@ -132,6 +135,9 @@ mod tests {
     fn empty_children_head() {
         let bytes = encode("ArrayChunk", &[], b"abc");
         assert_eq!(&bytes[..], b"ArrayChunk  3\0abc");
-        assert!(parse(&object_id(&bytes), &bytes).unwrap().children.is_empty());
+        assert!(parse(&object_id(&bytes), &bytes)
+            .unwrap()
+            .children
+            .is_empty());
     }
 }

@@ -134,7 +134,12 @@ struct Sink {
 }
 
 impl Sink {
-    fn put(&mut self, class: &str, children: &[proto::ObjectTree], body: &[u8]) -> proto::ObjectTree {
+    fn put(
+        &mut self,
+        class: &str,
+        children: &[proto::ObjectTree],
+        body: &[u8],
+    ) -> proto::ObjectTree {
         let ids: Vec<String> = children.iter().map(|c| c.object_id.clone()).collect();
         let bytes = encode(class, &ids, body);
         let id = object::object_id(&bytes);
@@ -226,12 +231,11 @@ fn deflate_record(sink: &mut Sink, r: &Record) -> proto::ObjectTree {
         Record::Arrays(ar) => {
             let trees: Vec<proto::ObjectTree> =
                 ar.0.iter().map(|(_, a)| deflate_array(sink, a)).collect();
-            let refs: Vec<(String, String)> = ar
-                .0
-                .iter()
-                .zip(&trees)
-                .map(|((k, _), t)| (k.clone(), t.object_id.clone()))
-                .collect();
+            let refs: Vec<(String, String)> =
+                ar.0.iter()
+                    .zip(&trees)
+                    .map(|((k, _), t)| (k.clone(), t.object_id.clone()))
+                    .collect();
             sink.put("ArrayRecord", &dedup(trees), py_refs(&refs).as_bytes())
         }
         Record::Metrics(m) => sink.put("MetricRecord", &[], &m.encode_to_vec()),
@@ -241,12 +245,11 @@ fn deflate_record(sink: &mut Sink, r: &Record) -> proto::ObjectTree {
 
 fn deflate_recorddict(sink: &mut Sink, rd: &RecordDict) -> proto::ObjectTree {
     let trees: Vec<proto::ObjectTree> = rd.0.iter().map(|(_, r)| deflate_record(sink, r)).collect();
-    let refs: Vec<(String, String)> = rd
-        .0
-        .iter()
-        .zip(&trees)
-        .map(|((k, _), t)| (k.clone(), t.object_id.clone()))
-        .collect();
+    let refs: Vec<(String, String)> =
+        rd.0.iter()
+            .zip(&trees)
+            .map(|((k, _), t)| (k.clone(), t.object_id.clone()))
+            .collect();
     sink.put("RecordDict", &dedup(trees), py_refs(&refs).as_bytes())
 }
 
@@ -319,7 +322,9 @@ impl<'de> serde::Deserialize<'de> for OrderedRefs {
                 let mut out = Vec::new();
                 while let Some((k, v)) = m.next_entry::<String, String>()? {
                     if out.iter().any(|(name, _): &(String, String)| *name == k) {
-                        return Err(serde::de::Error::custom(format!("name `{k}` appears twice")));
+                        return Err(serde::de::Error::custom(format!(
+                            "name `{k}` appears twice"
+                        )));
                     }
                     out.push((k, v));
                 }
@@ -458,11 +463,19 @@ impl<'a> Inflater<'a> {
         let mut data = Vec::new();
         for &i in &m.arraychunk_ids {
             let cid = v.children.get(i).ok_or_else(|| {
-                FlowerError::object(id, format!("chunk index {i} but only {} chunks", v.children.len()))
+                FlowerError::object(
+                    id,
+                    format!("chunk index {i} but only {} chunks", v.children.len()),
+                )
             })?;
             data.extend_from_slice(self.view(cid, "ArrayChunk")?.body);
         }
-        let used: Vec<String> = unique(m.arraychunk_ids.iter().filter_map(|&i| v.children.get(i)).map(|s| s.to_string()));
+        let used: Vec<String> = unique(
+            m.arraychunk_ids
+                .iter()
+                .filter_map(|&i| v.children.get(i))
+                .map(|s| s.to_string()),
+        );
         if used.len() != unique(v.children.iter().map(|s| s.to_string())).len() {
             return Err(FlowerError::object(id, "lists chunks it does not use"));
         }
@@ -532,7 +545,9 @@ mod tests {
             .collect();
         assert_eq!(classes.iter().filter(|c| *c == "Array").count(), 2);
         let store: HashMap<String, Vec<u8>> = d.objects.iter().cloned().collect();
-        let back = Inflater::new(&store).message(d.id(), m.metadata.clone()).unwrap();
+        let back = Inflater::new(&store)
+            .message(d.id(), m.metadata.clone())
+            .unwrap();
         assert_eq!(back, m);
         let mut ids = Vec::new();
         tree_ids(&d.tree, &mut ids);
@@ -550,7 +565,9 @@ mod tests {
             .iter()
             .find(|(id, b)| object::parse(id, b).unwrap().class == "ArrayChunk")
             .unwrap();
-        store.get_mut(cid).unwrap().last_mut().map(|b| *b ^= 1);
+        if let Some(b) = store.get_mut(cid).unwrap().last_mut() {
+            *b ^= 1;
+        }
         let e = Inflater::new(&store)
             .message(d.id(), m.metadata.clone())
             .unwrap_err()
@@ -565,6 +582,9 @@ mod tests {
     #[test]
     fn python_json_strings() {
         assert_eq!(py_str("a\"é\n"), "\"a\\\"\\u00e9\\n\"");
-        assert_eq!(py_refs(&[("k".into(), "v".into()), ("x".into(), "y".into())]), "{\"k\": \"v\", \"x\": \"y\"}");
+        assert_eq!(
+            py_refs(&[("k".into(), "v".into()), ("x".into(), "y".into())]),
+            "{\"k\": \"v\", \"x\": \"y\"}"
+        );
     }
 }

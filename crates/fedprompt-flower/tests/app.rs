@@ -2,14 +2,15 @@
 //! Flower's stock strategies need, the round's seed and settings passed on, and clear error
 //! replies for what it cannot do (query, no model description, malformed arrays).
 
+use fedprompt_fl::ConfigValue;
 use fedprompt_flower::app::{client_config, metric, params_from_arrays, FedpromptApp, SPEC_KEY};
 use fedprompt_flower::node::MessageHandler;
 use fedprompt_flower::proto::{self, config_record_value::Value as Cv};
 use fedprompt_flower::records::{Array, ArrayRecord, Message, Record, RecordDict};
-use fedprompt_fl::ConfigValue;
 use fedprompt_net::DeterministicTrainer;
 
-const SPEC: &str = r#"{"method":{"type":"prompt","num_virtual_tokens":2},"labels":["a","b"],"max_len":16}"#;
+const SPEC: &str =
+    r#"{"method":{"type":"prompt","num_virtual_tokens":2},"labels":["a","b"],"max_len":16}"#;
 
 fn config(spec: bool) -> proto::ConfigRecord {
     let item = |k: &str, v: Cv| proto::config_record::Item {
@@ -43,8 +44,14 @@ fn message(kind: &str, arrays: ArrayRecord, spec: bool) -> Message {
 
 fn global() -> ArrayRecord {
     ArrayRecord(vec![
-        ("prompt_embeddings".into(), Array::from_f32(&[2, 2], &[1.0, 2.0, 3.0, 4.0])),
-        ("classifier.out_proj.bias".into(), Array::from_f32(&[2], &[0.5, -0.5])),
+        (
+            "prompt_embeddings".into(),
+            Array::from_f32(&[2, 2], &[1.0, 2.0, 3.0, 4.0]),
+        ),
+        (
+            "classifier.out_proj.bias".into(),
+            Array::from_f32(&[2], &[0.5, -0.5]),
+        ),
     ])
 }
 
@@ -105,7 +112,10 @@ fn unsupported_and_malformed_messages_get_error_replies() {
     let n = bad.0[0].1.data.len();
     bad.0[0].1.data.truncate(n - 3);
     let (_, reason) = app.handle(&message("train", bad, true)).unwrap_err();
-    assert!(reason.contains("prompt_embeddings") && reason.contains("truncated"), "{reason}");
+    assert!(
+        reason.contains("prompt_embeddings") && reason.contains("truncated"),
+        "{reason}"
+    );
     // A dtype fedprompt cannot read.
     let mut obj = global();
     obj.0[1].1.stype = "torch.pickle".into();

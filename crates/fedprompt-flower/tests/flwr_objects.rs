@@ -5,12 +5,17 @@
 use std::collections::HashMap;
 
 use fedprompt_flower::object;
-use fedprompt_flower::proto::{self, config_record_value::Value as Cv, metric_record_value::Value as Mv};
+use fedprompt_flower::proto::{
+    self, config_record_value::Value as Cv, metric_record_value::Value as Mv,
+};
 use fedprompt_flower::records::{Array, ArrayRecord, Inflater, Message, Record, RecordDict};
 use serde_json::Value;
 
 fn fixture() -> Value {
-    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/flwr-objects.json");
+    let p = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/flwr-objects.json"
+    );
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
@@ -34,10 +39,16 @@ fn tree(spec: &str) -> RecordDict {
         ("a".into(), Array::from_f32(&[2, 3], &a)),
         ("b".into(), Array::from_f32(&[1, 2], &[-1.5, 2.25])),
         ("a_again".into(), Array::from_f32(&[2, 3], &a)),
-        ("zeros".into(), Array::from_f32(&[4_000_000], &vec![0.0; 4_000_000])),
+        (
+            "zeros".into(),
+            Array::from_f32(&[4_000_000], &vec![0.0; 4_000_000]),
+        ),
     ]);
     let metrics = proto::MetricRecord {
-        items: vec![mitem("num-examples", Mv::Sint64(12)), mitem("train_loss", Mv::Double(0.25))],
+        items: vec![
+            mitem("num-examples", Mv::Sint64(12)),
+            mitem("train_loss", Mv::Double(0.25)),
+        ],
     };
     let config = proto::ConfigRecord {
         items: vec![
@@ -60,7 +71,12 @@ fn object_ids_equal_flwr() {
     let rd = tree(fx["spec"].as_str().unwrap());
     let d = rd.deflate();
     assert_eq!(d.id(), fx["record_dict"].as_str().unwrap(), "RecordDict id");
-    let children: Vec<&str> = d.tree.children.iter().map(|c| c.object_id.as_str()).collect();
+    let children: Vec<&str> = d
+        .tree
+        .children
+        .iter()
+        .map(|c| c.object_id.as_str())
+        .collect();
     assert_eq!(
         children,
         vec![
@@ -80,7 +96,11 @@ fn object_ids_equal_flwr() {
     assert_eq!(fx["arrays"]["a"], fx["arrays"]["a_again"]);
     // The 16 MB array: four chunks, the middle two identical and stored once.
     let zeros = &ar.children[2];
-    let chunk_ids: Vec<&str> = zeros.children.iter().map(|c| c.object_id.as_str()).collect();
+    let chunk_ids: Vec<&str> = zeros
+        .children
+        .iter()
+        .map(|c| c.object_id.as_str())
+        .collect();
     let fx_chunks: Vec<&str> = fx["zeros_chunks"]
         .as_array()
         .unwrap()
@@ -89,9 +109,15 @@ fn object_ids_equal_flwr() {
         .collect();
     assert_eq!(fx_chunks.len(), 4);
     assert_eq!(chunk_ids, vec![fx_chunks[0], fx_chunks[1], fx_chunks[3]]);
-    let (_, body) = d.objects.iter().find(|(id, _)| id == &zeros.object_id).unwrap();
+    let (_, body) = d
+        .objects
+        .iter()
+        .find(|(id, _)| id == &zeros.object_id)
+        .unwrap();
     let v = object::parse(&zeros.object_id, body).unwrap();
-    assert!(std::str::from_utf8(v.body).unwrap().ends_with("\"arraychunk_ids\": [0, 1, 1, 2]}"));
+    assert!(std::str::from_utf8(v.body)
+        .unwrap()
+        .ends_with("\"arraychunk_ids\": [0, 1, 1, 2]}"));
 }
 
 #[test]
@@ -112,9 +138,14 @@ fn messages_round_trip_through_objects() {
     };
     let d = m.deflate();
     let store: HashMap<String, Vec<u8>> = d.objects.iter().cloned().collect();
-    let back = Inflater::new(&store).message(d.id(), m.metadata.clone()).unwrap();
+    let back = Inflater::new(&store)
+        .message(d.id(), m.metadata.clone())
+        .unwrap();
     // Equal, names in the same order (no Debug dump of 16 MB on failure).
-    assert!(back == m, "the inflated message differs from the deflated one");
+    assert!(
+        back == m,
+        "the inflated message differs from the deflated one"
+    );
     let (_, ar) = back.content.as_ref().unwrap().arrays().unwrap();
     let names: Vec<&str> = ar.0.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(names, ["a", "b", "a_again", "zeros"]);

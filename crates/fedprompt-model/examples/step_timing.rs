@@ -131,7 +131,7 @@ fn batch(cfg: &EncoderConfig, b: usize, total: usize) -> anyhow::Result<(Tensor,
     let l = total - VIRTUAL;
     let dev = Device::Cpu;
     let ids: Vec<u32> = (0..b * l)
-        .map(|i| 3 + (i as u32 * 2_654_435_761u32 >> 7) % (cfg.vocab_size as u32 - 3))
+        .map(|i| 3 + ((i as u32).wrapping_mul(2_654_435_761u32) >> 7) % (cfg.vocab_size as u32 - 3))
         .collect();
     let mut mask = vec![1u32; b * l];
     for r in 0..b {

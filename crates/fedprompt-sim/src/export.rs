@@ -58,14 +58,13 @@ pub fn export_federation(
     out: &Path,
     simulate: bool,
 ) -> Result<FederationExport> {
-    let spec = cfg
-        .runs
-        .iter()
-        .find(|r| r.label == label)
-        .ok_or_else(|| {
-            let labels: Vec<&str> = cfg.runs.iter().map(|r| r.label.as_str()).collect();
-            run_err(label, format!("no run with this label; the file has {labels:?}"))
-        })?;
+    let spec = cfg.runs.iter().find(|r| r.label == label).ok_or_else(|| {
+        let labels: Vec<&str> = cfg.runs.iter().map(|r| r.label.as_str()).collect();
+        run_err(
+            label,
+            format!("no run with this label; the file has {labels:?}"),
+        )
+    })?;
     if spec.paradigm != Paradigm::Federated {
         return Err(run_err(label, "only a federated run can be exported"));
     }
@@ -126,12 +125,18 @@ pub fn export_federation(
             lines.push_str(&v.to_string());
             lines.push('\n');
         }
-        write(&out.join("clients").join(format!("{file}.jsonl")), lines.as_bytes())?;
+        write(
+            &out.join("clients").join(format!("{file}.jsonl")),
+            lines.as_bytes(),
+        )?;
         names.push(file);
     }
     // Client names are used as given by the partition: they seed the clients' training.
     let clients = names;
-    write(&out.join("clients.txt"), (clients.join("\n") + "\n").as_bytes())?;
+    write(
+        &out.join("clients.txt"),
+        (clients.join("\n") + "\n").as_bytes(),
+    )?;
 
     let clf = Classifier::new(&backbone, &spec.method, &labels, seed)?;
     let initial = to_params(clf.trainable())?;
@@ -146,7 +151,10 @@ pub fn export_federation(
     let toml = toml::to_string(&train).map_err(|e| run_err(label, e.to_string()))?;
     write(
         &out.join("train.toml"),
-        format!("# Local training settings of every client (fedprompt flower-node --train).\n{toml}").as_bytes(),
+        format!(
+            "# Local training settings of every client (fedprompt flower-node --train).\n{toml}"
+        )
+        .as_bytes(),
     )?;
     let model_spec = json!({"method": spec.method, "labels": labels, "max_len": max_len});
     let round_cfg = json!({
@@ -158,7 +166,9 @@ pub fn export_federation(
     });
     write(
         &out.join("train-config.json"),
-        serde_json::to_vec_pretty(&round_cfg).expect("json").as_slice(),
+        serde_json::to_vec_pretty(&round_cfg)
+            .expect("json")
+            .as_slice(),
     )?;
     let rounds = spec.rounds.unwrap_or(single.federation.rounds);
     write(
@@ -180,10 +190,15 @@ pub fn export_federation(
                 ..Default::default()
             },
         )?;
-        let ckpt = sim_dir.join("checkpoints").join(format!("{}.ckpt", slug(&spec.label)));
+        let ckpt = sim_dir
+            .join("checkpoints")
+            .join(format!("{}.ckpt", slug(&spec.label)));
         let state = ServerState::load_checkpoint(&ckpt)?;
         if state.round != rounds {
-            return Err(run_err(label, format!("the simulator stopped at round {}", state.round)));
+            return Err(run_err(
+                label,
+                format!("the simulator stopped at round {}", state.round),
+            ));
         }
         let global: &Params = &state.global;
         write(&out.join("expected.safetensors"), &global.to_safetensors()?)?;

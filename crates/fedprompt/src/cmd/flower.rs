@@ -122,8 +122,8 @@ pub fn node(args: NodeArgs, _g: &Globals) -> anyhow::Result<()> {
     if let Some(p) = &args.train {
         let text = std::fs::read_to_string(p)
             .with_context(|| format!("reading the training settings {}", p.display()))?;
-        let t: TrainConfig =
-            toml::from_str(&text).with_context(|| format!("{}: not valid training settings", p.display()))?;
+        let t: TrainConfig = toml::from_str(&text)
+            .with_context(|| format!("{}: not valid training settings", p.display()))?;
         t.validate()
             .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
         tcfg.train = t;
