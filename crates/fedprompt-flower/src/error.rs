@@ -36,6 +36,9 @@ pub enum FlowerError {
         /// What the SuperLink said.
         detail: String,
     },
+    /// The SuperLink no longer knows this node (restarted without its database?).
+    #[error("the SuperLink no longer recognizes this node: {0} (was it restarted without its database?)")]
+    Forgotten(String),
     /// The SuperLink runs a Flower release this node does not speak.
     #[error("the SuperLink runs an incompatible Flower version: {0} (fedprompt speaks flwr {ver}; run a SuperLink of the same major.minor release)", ver = crate::FLWR_VERSION)]
     Version(String),

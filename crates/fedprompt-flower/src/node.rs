@@ -135,11 +135,60 @@ pub async fn run(
         None => (NodeKey::generate()?, true),
     };
     let client = FleetClient::new(&cfg.transport, key)?;
+    let mut summary = NodeSummary::default();
+    let mut rejoins = 0;
+    loop {
+        let node_id = connect(cfg, &client, self_registered, &stop).await?;
+        summary.node_id = node_id;
+        // Ends this session: Ctrl-C, or a heartbeat that failed for good.
+        let session = Arc::new(AtomicBool::new(false));
+        let fatal: Arc<std::sync::Mutex<Option<FlowerError>>> = Arc::default();
+        let hb = tokio::spawn(heartbeats(
+            client.clone(),
+            node_id,
+            stop.clone(),
+            session.clone(),
+            fatal.clone(),
+        ));
+        let outcome = serve(cfg, &client, node_id, handler, &session, &mut summary).await;
+        session.store(true, Ordering::SeqCst);
+        let _ = hb.await;
+        let hb_error = fatal.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let error = outcome.err().or(hb_error);
+        // A SuperLink restarted without its database has forgotten a self-registered node:
+        // register and activate again (a pre-registered key is the operator's business).
+        let forgotten = matches!(
+            error,
+            Some(FlowerError::Forgotten(_)) | Some(FlowerError::Unauthenticated { .. })
+        );
+        if forgotten && self_registered && rejoins < 5 && !stop.load(Ordering::SeqCst) {
+            rejoins += 1;
+            tracing::warn!(
+                "{}; joining again ({rejoins}/5)",
+                error.map(|e| e.to_string()).unwrap_or_default()
+            );
+            continue;
+        }
+        leave(&client, node_id, self_registered).await;
+        return match error {
+            Some(e) => Err(e),
+            None => Ok(summary),
+        };
+    }
+}
+
+/// Registers (self-generated keys only) and activates; returns the node id.
+async fn connect(
+    cfg: &NodeConfig,
+    client: &FleetClient,
+    self_registered: bool,
+    stop: &AtomicBool,
+) -> Result<u64> {
     let budget = cfg.reconnect_for;
     if self_registered {
-        retry("RegisterNode", budget, &stop, || client.register_node()).await?;
+        retry("RegisterNode", budget, stop, || client.register_node()).await?;
     }
-    let node_id = retry("ActivateNode", budget, &stop, || {
+    let node_id = retry("ActivateNode", budget, stop, || {
         client.activate_node(HEARTBEAT_INTERVAL)
     })
     .await
@@ -160,47 +209,11 @@ pub async fn run(
         url = client.base_url(),
         "connected to the Flower SuperLink"
     );
+    Ok(node_id)
+}
 
-    let fatal: Arc<std::sync::Mutex<Option<FlowerError>>> = Arc::default();
-    let hb = {
-        let (client, stop, fatal) = (client.clone(), stop.clone(), fatal.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::SeqCst) {
-                // 17.5–22.5 s, as Flower's node (a node is dropped after 60 s of silence).
-                let jitter = rand::random::<f64>() * 5.0;
-                nap(Duration::from_secs_f64(17.5 + jitter), &stop).await;
-                if stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                match client.heartbeat(node_id, HEARTBEAT_INTERVAL).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        *fatal.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(FlowerError::Config(
-                                "the SuperLink no longer recognizes this node (heartbeat refused)"
-                                    .into(),
-                            ));
-                        stop.store(true, Ordering::SeqCst);
-                    }
-                    Err(e) if e.is_transient() => tracing::warn!("heartbeat: {e}"),
-                    Err(e) => {
-                        *fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                        stop.store(true, Ordering::SeqCst);
-                    }
-                }
-            }
-        })
-    };
-
-    let mut summary = NodeSummary {
-        node_id,
-        ..Default::default()
-    };
-    let outcome = serve(cfg, &client, node_id, handler, &stop, &mut summary).await;
-    stop.store(true, Ordering::SeqCst);
-    let _ = hb.await;
-
-    // Leave cleanly, whatever happened.
+/// Deactivates, and unregisters a self-registered node; failures are only logged.
+async fn leave(client: &FleetClient, node_id: u64, self_registered: bool) {
     if let Err(e) = client.deactivate_node(node_id).await {
         tracing::warn!("DeactivateNode: {e}");
     }
@@ -210,13 +223,45 @@ pub async fn run(
         }
     }
     tracing::info!(node_id, "left the federation");
-    outcome?;
-    if let Some(e) = fatal.lock().unwrap_or_else(|p| p.into_inner()).take() {
-        return Err(e);
-    }
-    Ok(summary)
 }
 
+/// Heartbeats every 17.5–22.5 s (Flower drops a node after 60 s of silence) until `session`
+/// ends; Ctrl-C (`stop`) ends the session. A refused heartbeat ends it with an error.
+async fn heartbeats(
+    client: FleetClient,
+    node_id: u64,
+    stop: Arc<AtomicBool>,
+    session: Arc<AtomicBool>,
+    fatal: Arc<std::sync::Mutex<Option<FlowerError>>>,
+) {
+    let mut next = Instant::now() + Duration::from_secs_f64(17.5 + rand::random::<f64>() * 5.0);
+    while !session.load(Ordering::SeqCst) {
+        if stop.load(Ordering::SeqCst) {
+            session.store(true, Ordering::SeqCst);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if Instant::now() < next {
+            continue;
+        }
+        next = Instant::now() + Duration::from_secs_f64(17.5 + rand::random::<f64>() * 5.0);
+        let failure = match client.heartbeat(node_id, HEARTBEAT_INTERVAL).await {
+            Ok(true) => None,
+            Ok(false) => Some(FlowerError::Forgotten("its heartbeat was refused".into())),
+            Err(e) if e.is_transient() => {
+                tracing::warn!("heartbeat: {e}");
+                None
+            }
+            Err(e) => Some(e),
+        };
+        if let Some(e) = failure {
+            *fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            session.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Pulls and answers messages until `stop` (the session's end) or an error.
 async fn serve(
     cfg: &NodeConfig,
     client: &FleetClient,
