@@ -66,13 +66,11 @@ impl NodeKey {
             return Self::from_openssh(path, &text);
         }
         let key = SigningKey::from_pkcs8_pem(&text)
-            .or_else(|_| {
-                p384::SecretKey::from_sec1_pem(&text).map(|s| SigningKey::from(&s))
-            })
+            .or_else(|_| p384::SecretKey::from_sec1_pem(&text).map(|s| SigningKey::from(&s)))
             .map_err(|_| FlowerError::Key {
                 path: path.to_path_buf(),
-                msg: "not a P-384 (secp384r1) private key in PEM (PKCS#8 or SEC1). Make one with \
-                      `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-384 -out node.key`"
+                msg: "not a P-384 (secp384r1) private key (OpenSSH, or PEM in PKCS#8 or SEC1). \
+                      Make a key set with `fedprompt flower-keygen`"
                     .into(),
             })?;
         Self::from_signing(key)

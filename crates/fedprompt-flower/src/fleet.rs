@@ -148,9 +148,28 @@ impl FleetClient {
         if let Some(t) = timeout {
             rb = rb.timeout(t);
         }
-        let resp = rb.send().await.map_err(|e| FlowerError::Connect {
-            url: url.clone(),
-            msg: error_chain(&e),
+        let resp = rb.send().await.map_err(|e| {
+            let msg = error_chain(&e);
+            // Certificate and handshake failures do not heal by retrying.
+            let tls = [
+                "certificate",
+                "InvalidMessage",
+                "CorruptMessage",
+                "handshake",
+            ]
+            .iter()
+            .any(|k| msg.contains(k));
+            if tls {
+                FlowerError::Tls {
+                    url: url.clone(),
+                    msg,
+                }
+            } else {
+                FlowerError::Connect {
+                    url: url.clone(),
+                    msg,
+                }
+            }
         })?;
         if let Some(msg) = resp
             .headers()
@@ -169,7 +188,7 @@ impl FleetClient {
         }
         Resp::decode(body).map_err(|e| FlowerError::Decode {
             rpc,
-            msg: e.to_string(),
+            msg: format!("{e} (a SuperLink of another Flower release?)"),
         })
     }
 
@@ -408,6 +427,14 @@ fn refusal(rpc: &'static str, status: u16, body: &[u8]) -> FlowerError {
     if code == Some(RUNTIME_VERSION_INCOMPATIBLE) {
         return FlowerError::Version(detail);
     }
+    // flwr 1.42's SuperLink serves every Fleet RPC at `POST /v1/fleet/<rpc>`; a server without
+    // that route is another Flower release (older ones speak gRPC only) or not a SuperLink.
+    // (1.42 itself does not reject other node versions on this API, so this is the signal.)
+    if matches!(status, 404 | 405 | 501) {
+        return FlowerError::Version(format!(
+            "the server has no `POST /v1/fleet/{rpc}` (HTTP {status}): it is not a flwr 1.42 SuperLink's Fleet API (older Flower releases serve the Fleet API over gRPC only)"
+        ));
+    }
     if status == 401 {
         return FlowerError::Unauthenticated { rpc, detail };
     }
@@ -437,6 +464,8 @@ mod tests {
             br#"{"detail": "Invalid SuperNode authentication"}"#,
         );
         assert!(a.to_string().contains("flwr supernode register"), "{a}");
+        let n = refusal("register-node", 404, br#"{"detail":"Not Found"}"#);
+        assert!(matches!(n, FlowerError::Version(_)), "{n}");
         let o = refusal("push-object", 500, b"boom");
         assert!(o.is_transient() && o.to_string().contains("boom"));
     }

@@ -80,6 +80,10 @@ pub struct NodeArgs {
     /// Seconds between polls while idle (Flower's node: 3).
     #[arg(long, default_value_t = 3.0)]
     pub poll_interval: f64,
+    /// Keep retrying an unreachable SuperLink this many seconds (backoff 0.5 s doubling to
+    /// 30 s) before giving up.
+    #[arg(long, default_value_t = 300.0)]
+    pub reconnect_for: f64,
     /// Leave after answering this many messages.
     #[arg(long)]
     pub max_messages: Option<usize>,
@@ -143,6 +147,10 @@ pub fn node(args: NodeArgs, _g: &Globals) -> anyhow::Result<()> {
     cfg.auth_key = args.auth_key;
     cfg.poll_interval = Duration::from_secs_f64(args.poll_interval);
     cfg.max_messages = args.max_messages;
+    if !(args.reconnect_for >= 0.0 && args.reconnect_for < 1e7) {
+        anyhow::bail!("--reconnect-for must be a number of seconds");
+    }
+    cfg.reconnect_for = Duration::from_secs_f64(args.reconnect_for);
     let mut app = FedpromptApp::new(ModelTrainer::new(tcfg), spec);
     let summary = run_blocking(&cfg, &mut app).context("Flower node")?;
     let mut kinds: Vec<_> = summary.handled.iter().collect();
