@@ -359,6 +359,9 @@ class Harness:
             "output": str(out),
             "round-timeout": float(a.round_timeout),
         }
+        # The server strategy of the exported run (run.json "server"), e.g. FedProx's mu.
+        run_json = json.loads((a.export / "run.json").read_text())
+        cfg.update(run_json.get("server", {}))
         cfg_str = " ".join(f"{k}={json.dumps(v)}" for k, v in cfg.items())
         t0 = time.time()
         p = self.start("flwr-run", ["flwr", "run", str(a.app), SUPERLINK_NAME, "--stream",

@@ -10,13 +10,13 @@
 //! - `train.toml`: the clients' local training settings (`fedprompt flower-node --train`);
 //! - `train-config.json`: the per-round configuration a server sends (`fedprompt-spec`,
 //!   `seed`, `local-epochs`, `learning-rate`);
-//! - `run.json`: rounds, fraction and clients;
+//! - `run.json`: rounds, fraction, clients and the server strategy (the Flower App's run config);
 //! - `expected.safetensors` (with `simulate`): the simulator's global after the last round.
 
 use std::path::Path;
 
 use fedprompt_data::PartitionSpec;
-use fedprompt_fl::{derive_seed, Params, ServerState};
+use fedprompt_fl::{derive_seed, Params, ServerState, StrategyConfig};
 use fedprompt_model::trainable::write_atomic;
 use fedprompt_model::Classifier;
 use fedprompt_train::to_params;
@@ -171,11 +171,30 @@ pub fn export_federation(
             .as_slice(),
     )?;
     let rounds = spec.rounds.unwrap_or(single.federation.rounds);
+    // The server side as the Flower App's run config names it; only strategies whose server
+    // arithmetic is FedAvg's can be reproduced exactly by Flower's own strategy classes.
+    let strategy = match spec.strategy.as_ref().unwrap_or(&single.federation.strategy) {
+        StrategyConfig::FedAvg => json!({"strategy": "fedavg"}),
+        StrategyConfig::FedProx { proximal_mu } => {
+            json!({"strategy": "fedprox", "proximal-mu": proximal_mu})
+        }
+        other => {
+            return Err(run_err(
+                label,
+                format!(
+                    "export reproduces FedAvg and FedProx runs; {other:?} aggregates with its own \
+                     server optimiser (the Flower App can run Flower's FedAdam/FedYogi/FedAdagrad, \
+                     but not to the bit)"
+                ),
+            ))
+        }
+    };
     write(
         &out.join("run.json"),
         serde_json::to_vec_pretty(&json!({
             "experiment": cfg.name, "run": spec.label, "rounds": rounds,
             "fraction": 1.0, "clients": clients, "seed": seed.to_string(),
+            "server": strategy,
         }))
         .expect("json")
         .as_slice(),

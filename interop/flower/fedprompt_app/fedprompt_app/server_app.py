@@ -9,6 +9,10 @@ Run-config keys (defaults in pyproject.toml, override with `flwr run ... --run-c
   fraction-evaluate  float
   min-nodes          int: min_available_nodes = min_train_nodes = min_evaluate_nodes
   round-timeout      float seconds FedAvg waits for the replies of one phase
+  strategy           "fedavg" (default), "fedprox", "fedadam", "fedyogi" or "fedadagrad":
+                     Flower's own strategy classes, unchanged
+  proximal-mu        FedProx's mu (sent to clients as "proximal-mu")
+  server-lr          FedAdam/FedYogi/FedAdagrad's server learning rate (eta)
   output             path prefix: writes <output>.safetensors (final global arrays, the
                      initial file's names and order) and <output>.json (per-round metrics
                      and replies)
@@ -25,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedProx, FedYogi
 from flwr.supercore import log
 
 from .st_io import load, save
@@ -62,8 +66,8 @@ def _reply_summary(msg: Message) -> dict:
     return out
 
 
-class RecordingFedAvg(FedAvg):
-    """Stock FedAvg; additionally records each round's replies (aggregation unchanged)."""
+class Recording:
+    """Mixin for a stock strategy: records each round's replies (aggregation unchanged)."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -108,13 +112,24 @@ def main(grid: Grid, context: Context) -> None:
     sent_config = {k: v for k, v in train_config.items()}
     log(INFO, "fedprompt: %d tensors from %s, config keys %s", len(order), initial_path, list(train_config))
 
-    strategy = RecordingFedAvg(
+    name = str(cfg.get("strategy", "fedavg")).lower()
+    classes = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedyogi": FedYogi,
+               "fedadagrad": FedAdagrad}
+    if name not in classes:
+        raise ValueError(f"strategy {name!r} is not one of {sorted(classes)}")
+    kwargs = dict(
         fraction_train=float(cfg["fraction-train"]),
         fraction_evaluate=float(cfg["fraction-evaluate"]),
         min_train_nodes=min_nodes,
         min_evaluate_nodes=min_nodes,
         min_available_nodes=min_nodes,
     )
+    if name == "fedprox":
+        kwargs["proximal_mu"] = float(cfg.get("proximal-mu", 0.0))
+    elif name != "fedavg" and "server-lr" in cfg:
+        kwargs["eta"] = float(cfg["server-lr"])
+    strategy = type(f"Recording{classes[name].__name__}", (Recording, classes[name]), {})(**kwargs)
+    log(INFO, "fedprompt: strategy %s %s", classes[name].__name__, kwargs)
     t0 = time.time()
     result = strategy.start(
         grid=grid,
@@ -149,6 +164,7 @@ def main(grid: Grid, context: Context) -> None:
         "run_id": int(context.run_id),
         "num_rounds": num_rounds,
         "min_nodes": min_nodes,
+        "strategy": name,
         "initial_arrays": initial_path,
         "train_config": sent_config,
         "aggregated": aggregated,
