@@ -173,7 +173,11 @@ pub fn export_federation(
     let rounds = spec.rounds.unwrap_or(single.federation.rounds);
     // The server side as the Flower App's run config names it; only strategies whose server
     // arithmetic is FedAvg's can be reproduced exactly by Flower's own strategy classes.
-    let strategy = match spec.strategy.as_ref().unwrap_or(&single.federation.strategy) {
+    let strategy = match spec
+        .strategy
+        .as_ref()
+        .unwrap_or(&single.federation.strategy)
+    {
         StrategyConfig::FedAvg => json!({"strategy": "fedavg"}),
         StrategyConfig::FedProx { proximal_mu } => {
             json!({"strategy": "fedprox", "proximal-mu": proximal_mu})

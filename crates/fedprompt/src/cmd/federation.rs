@@ -57,15 +57,8 @@ pub struct JoinArgs {
     /// This client's token (or set FEDPROMPT_TOKEN).
     #[arg(long, env = "FEDPROMPT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Local training data (JSONL/CSV/TSV with `text` and `label`).
-    #[arg(long)]
-    pub data: PathBuf,
-    /// Local evaluation data (default: the training data).
-    #[arg(long)]
-    pub eval: Option<PathBuf>,
-    /// The model folder (the same model as the federation's; default: the built-in model).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub local: LocalArgs,
     /// PEM CA certificate to trust (a private CA).
     #[arg(long)]
     pub ca_cert: Option<PathBuf>,
@@ -77,25 +70,46 @@ pub struct JoinArgs {
     pub key: Option<PathBuf>,
 }
 
+/// What a federation client keeps on its own machine: data and model.
+#[derive(Debug, clap::Args)]
+pub struct LocalArgs {
+    /// Local training data (JSONL/CSV/TSV with `text` and `label` columns).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Local evaluation data (default: the training data).
+    #[arg(long)]
+    pub eval: Option<PathBuf>,
+    /// The model folder (the same model as the federation's; default: the built-in model).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+}
+
+impl LocalArgs {
+    /// The trainer's settings for these files (the model resolved, the data checked).
+    pub fn trainer_config(self) -> anyhow::Result<ModelTrainerConfig> {
+        let model = match self.model {
+            Some(m) => m,
+            None => fedprompt_hub::default_model_dir()?,
+        };
+        if !self.data.is_file() {
+            anyhow::bail!("data file {} does not exist", self.data.display());
+        }
+        let mut t = ModelTrainerConfig::new(model, self.data);
+        t.eval_data = self.eval;
+        Ok(t)
+    }
+}
+
 /// Joins a federation and trains until the server ends the run.
 pub fn join(args: JoinArgs, _g: &Globals) -> anyhow::Result<()> {
     let token = args
         .token
         .context("no token: pass --token or set FEDPROMPT_TOKEN")?;
-    let model = match args.model {
-        Some(m) => m,
-        None => fedprompt_hub::default_model_dir()?,
-    };
-    if !args.data.is_file() {
-        anyhow::bail!("data file {} does not exist", args.data.display());
-    }
     let mut cfg = fedprompt_net::JoinConfig::new(args.server, token);
     cfg.tls.ca_cert = args.ca_cert;
     cfg.tls.cert = args.cert;
     cfg.tls.key = args.key;
-    let mut tcfg = ModelTrainerConfig::new(model, args.data);
-    tcfg.eval_data = args.eval;
-    let mut trainer = ModelTrainer::new(tcfg);
+    let mut trainer = ModelTrainer::new(args.local.trainer_config()?);
     let summary = fedprompt_net::join(cfg, &mut trainer).context("joining the federation")?;
     println!("{summary:#?}");
     Ok(())

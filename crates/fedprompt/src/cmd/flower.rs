@@ -9,7 +9,9 @@ use fedprompt_flower::app::FedpromptApp;
 use fedprompt_flower::auth::NodeKey;
 use fedprompt_flower::fleet::Transport;
 use fedprompt_flower::node::{run_blocking, NodeConfig};
-use fedprompt_net::{ModelSpec, ModelTrainer, ModelTrainerConfig};
+use fedprompt_net::{ModelSpec, ModelTrainer};
+
+use crate::cmd::federation::LocalArgs;
 use fedprompt_train::TrainConfig;
 
 use crate::common::Globals;
@@ -47,15 +49,8 @@ pub struct NodeArgs {
     /// and registers itself (SuperLinks without --enable-supernode-auth).
     #[arg(long)]
     pub auth_key: Option<PathBuf>,
-    /// Local training data (JSONL/CSV/TSV with `text` and `label` columns).
-    #[arg(long)]
-    pub data: PathBuf,
-    /// Local evaluation data (default: the training data).
-    #[arg(long)]
-    pub eval: Option<PathBuf>,
-    /// The model folder (default: the built-in model).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub local: LocalArgs,
     /// This client's name: seeds its local training each round exactly as fedprompt's
     /// simulator seeds the client of that name (default: the data file's stem).
     #[arg(long)]
@@ -107,19 +102,11 @@ fn read_spec(path: &PathBuf) -> anyhow::Result<ModelSpec> {
 
 /// Runs the node until the SuperLink's runs are over and Ctrl-C.
 pub fn node(args: NodeArgs, _g: &Globals) -> anyhow::Result<()> {
-    if !args.data.is_file() {
-        anyhow::bail!("data file {} does not exist", args.data.display());
-    }
     if !(args.poll_interval > 0.0 && args.poll_interval < 3600.0) {
         anyhow::bail!("--poll-interval must be between 0 and 3600 seconds");
     }
-    let model = match args.model {
-        Some(m) => m,
-        None => fedprompt_hub::default_model_dir()?,
-    };
     let spec = args.spec.as_ref().map(read_spec).transpose()?;
-    let mut tcfg = ModelTrainerConfig::new(model, &args.data);
-    tcfg.eval_data = args.eval;
+    let mut tcfg = args.local.trainer_config()?;
     tcfg.format.text = args.text_column;
     tcfg.format.text_pair = args.text_pair_column;
     tcfg.format.label = args.label_column;
@@ -134,7 +121,7 @@ pub fn node(args: NodeArgs, _g: &Globals) -> anyhow::Result<()> {
     }
     tcfg.client_name = Some(match args.client_name {
         Some(n) => n,
-        None => args
+        None => tcfg
             .data
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
