@@ -154,7 +154,11 @@ pub async fn run(
         session.store(true, Ordering::SeqCst);
         let _ = hb.await;
         let hb_error = fatal.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let error = outcome.err().or(hb_error);
+        let mut error = outcome.err().or(hb_error);
+        // Ctrl-C while the SuperLink was unreachable: the user asked to leave, not an error.
+        if stop.load(Ordering::SeqCst) && error.as_ref().is_some_and(FlowerError::is_transient) {
+            error = None;
+        }
         // A SuperLink restarted without its database has forgotten a self-registered node:
         // register and activate again (a pre-registered key is the operator's business).
         let forgotten = matches!(
