@@ -75,6 +75,22 @@ fn write_data(path: &Path, n: usize) {
     std::fs::write(path, s).unwrap();
 }
 
+/// `predict --model MODEL --input INPUT --output OUTPUT`.
+fn predict_args<'a>(
+    c: &'a mut Command,
+    model: &Path,
+    input: &Path,
+    output: &Path,
+) -> &'a mut Command {
+    c.arg("predict")
+        .arg("--model")
+        .arg(model)
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+}
+
 fn train_args(c: &mut Command, data: &Path, out: &Path) {
     c.arg("train")
         .arg("--model")
@@ -162,17 +178,12 @@ fn train_eval_predict_round_trip() {
     )
     .unwrap();
     let output = t.join("out/pred.jsonl");
-    let o = run(fedprompt(t)
-        .arg("predict")
-        .arg("--model")
-        .arg(fixture_model())
-        .arg("--adapter")
-        .arg(&adapter)
-        .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(&output)
-        .args(["--batch-size", "3"]));
+    let o = run(
+        predict_args(&mut fedprompt(t), &fixture_model(), &input, &output)
+            .arg("--adapter")
+            .arg(&adapter)
+            .args(["--batch-size", "3"]),
+    );
     assert_ok(&o);
     let text = std::fs::read_to_string(&output).unwrap();
     let lines: Vec<Value> = text
@@ -241,14 +252,12 @@ fn predict_with_the_folders_own_head() {
     let input = t.join("in.jsonl");
     std::fs::write(&input, "{\"text\": \"a\"}\n{\"text\": \"b c\"}\n").unwrap();
     let output = t.join("out.jsonl");
-    let o = run(fedprompt(t)
-        .arg("predict")
-        .arg("--model")
-        .arg(fixture_model())
-        .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(&output));
+    let o = run(predict_args(
+        &mut fedprompt(t),
+        &fixture_model(),
+        &input,
+        &output,
+    ));
     assert_ok(&o);
     let text = std::fs::read_to_string(&output).unwrap();
     assert_eq!(text.lines().count(), 2);
@@ -277,14 +286,12 @@ fn predict_without_a_head_says_so() {
     std::fs::write(model.join("config.json"), cfg.to_string()).unwrap();
     let input = t.join("in.jsonl");
     std::fs::write(&input, "{\"text\": \"a\"}\n").unwrap();
-    let o = run(fedprompt(t)
-        .arg("predict")
-        .arg("--model")
-        .arg(&model)
-        .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(t.join("out.jsonl")));
+    let o = run(predict_args(
+        &mut fedprompt(t),
+        &model,
+        &input,
+        &t.join("out.jsonl"),
+    ));
     assert_fails_with(&o, 1, "has no classification head");
     assert!(stderr(&o).contains("--adapter"));
     assert!(!t.join("out.jsonl").exists());
@@ -375,14 +382,12 @@ fn empty_data_file() {
 
     let input = t.join("in.jsonl");
     std::fs::write(&input, "").unwrap();
-    let o = run(fedprompt(t)
-        .arg("predict")
-        .arg("--model")
-        .arg(fixture_model())
-        .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(t.join("out.jsonl")));
+    let o = run(predict_args(
+        &mut fedprompt(t),
+        &fixture_model(),
+        &input,
+        &t.join("out.jsonl"),
+    ));
     assert_fails_with(&o, 1, "is empty");
 }
 
@@ -406,24 +411,20 @@ fn malformed_jsonl_line_is_named() {
         "{\"text\": \"a\"}\n{\"text\": \"b\"}\n{\"txt\": \"c\"}\n",
     )
     .unwrap();
-    let o = run(fedprompt(t)
-        .arg("predict")
-        .arg("--model")
-        .arg(fixture_model())
-        .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(t.join("out.jsonl")));
+    let o = run(predict_args(
+        &mut fedprompt(t),
+        &fixture_model(),
+        &input,
+        &t.join("out.jsonl"),
+    ));
     assert_fails_with(&o, 1, "in.jsonl:3: no `text` field");
     std::fs::write(&input, "{\"text\": \"a\"}\nnot json\n").unwrap();
-    let o = run(fedprompt(t)
-        .arg("predict")
-        .arg("--model")
-        .arg(fixture_model())
-        .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(t.join("out.jsonl")));
+    let o = run(predict_args(
+        &mut fedprompt(t),
+        &fixture_model(),
+        &input,
+        &t.join("out.jsonl"),
+    ));
     assert_fails_with(&o, 1, "in.jsonl:2: invalid JSON");
 }
 
