@@ -190,6 +190,18 @@ method = { type = "head" }
 #[test]
 fn bad_experiment_files_fail_early() {
     let dir = tempfile::tempdir().unwrap();
+    // Runs a file that must fail; returns its error.
+    let run_err = |cfg: &ExperimentConfig| {
+        run_experiment(
+            cfg,
+            &RunOptions {
+                output: Some(dir.path().join("o")),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string()
+    };
     let good = experiment(dir.path(), "");
     // Unknown key.
     let e = parse(&good.replace("seed = 3", "seed = 3\nsede = 4")).unwrap_err();
@@ -202,30 +214,14 @@ fn bad_experiment_files_fail_early() {
     assert!(e.contains("adapter"), "{e}");
     // Missing data file: error names it, before any training.
     let cfg = parse(&good.replace("train.jsonl", "nope.jsonl")).unwrap();
-    let e = run_experiment(
-        &cfg,
-        &RunOptions {
-            output: Some(dir.path().join("o")),
-            ..Default::default()
-        },
-    )
-    .unwrap_err()
-    .to_string();
+    let e = run_err(&cfg);
     assert!(
         e.contains("nope.jsonl") && e.contains("does not exist"),
         "{e}"
     );
     // A language with no examples.
     let cfg = parse(&good.replace("[\"en\", \"fr\", \"de\"]", "[\"en\", \"sw\"]")).unwrap();
-    let e = run_experiment(
-        &cfg,
-        &RunOptions {
-            output: Some(dir.path().join("o")),
-            ..Default::default()
-        },
-    )
-    .unwrap_err()
-    .to_string();
+    let e = run_err(&cfg);
     assert!(e.contains("sw"), "{e}");
     // More clients than examples.
     let extra = r#"
@@ -236,26 +232,10 @@ method = { type = "head" }
 partition = { type = "iid", clients = 1000 }
 "#;
     let cfg = parse(&experiment(dir.path(), extra)).unwrap();
-    let e = run_experiment(
-        &cfg,
-        &RunOptions {
-            output: Some(dir.path().join("o")),
-            ..Default::default()
-        },
-    )
-    .unwrap_err()
-    .to_string();
+    let e = run_err(&cfg);
     assert!(e.contains("1000"), "{e}");
     // A diverging loss stops the run with a clear message.
     let cfg = parse(&good.replace("learning_rate = 0.01", "learning_rate = 1e30")).unwrap();
-    let e = run_experiment(
-        &cfg,
-        &RunOptions {
-            output: Some(dir.path().join("o")),
-            ..Default::default()
-        },
-    )
-    .unwrap_err()
-    .to_string();
+    let e = run_err(&cfg);
     assert!(e.contains("diverged"), "{e}");
 }
