@@ -6,6 +6,10 @@ use fedprompt_model::nn::{ForwardCtx, FusedAct, LayerNorm, Linear, LoraDelta};
 use fedprompt_model::ops;
 use fedprompt_model::ops::attention::{attention_dropout_mask, AttnDropout};
 
+mod common;
+
+use common::max_abs;
+
 const TOL: f32 = 1e-5;
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
@@ -14,17 +18,6 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
     let n: usize = shape.iter().product();
     let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
-fn max_abs(a: &Tensor) -> f32 {
-    a.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 /// `|a − b|∞ ≤ TOL · max(1, |b|∞)`.

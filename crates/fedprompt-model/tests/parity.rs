@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::{DType, Tensor};
+use candle_core::DType;
 mod common;
 
-use common::{batch_from, fixtures, labels3, load_refs, max_abs_diff};
+use common::{batch_from, fixtures, labels3, load_refs, max_abs, max_abs_diff};
 use fedprompt_model::adapter::from_peft_key;
 use fedprompt_model::nn::cross_entropy;
 use fedprompt_model::{Backbone, Classifier, ForwardCtx, MethodConfig, TextInput};
@@ -44,17 +44,6 @@ fn our_name(method: &str, torch_name: &str) -> String {
         return format!("prompt_encoder.{rest}");
     }
     from_peft_key(torch_name)
-}
-
-fn max_abs(a: &Tensor) -> f32 {
-    a.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn check_case(family: &str, m: &str) {

@@ -45,10 +45,9 @@ pub fn batch_from(refs: &BTreeMap<String, Tensor>) -> Batch {
     }
 }
 
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
+/// `|a|∞`.
+pub fn max_abs(a: &Tensor) -> f32 {
+    a.abs()
         .unwrap()
         .flatten_all()
         .unwrap()
@@ -56,4 +55,9 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+/// `|a − b|∞`.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    max_abs(&(a - b).unwrap())
 }
