@@ -328,7 +328,8 @@ async fn serve(
                 }
             }
         }
-        let inflated = Inflater::new(&objects).message(&meta.message_id, meta.clone());
+        let inflated =
+            Inflater::new(&objects).and_then(|i| i.message(&meta.message_id, meta.clone()));
         retry("ConfirmMessageReceived", budget, stop, || {
             client.confirm_received(node_id, run_id, &meta.message_id)
         })

@@ -337,21 +337,29 @@ impl<'de> serde::Deserialize<'de> for OrderedRefs {
 
 /// Rebuilds messages from pulled objects, checking every hash and structure.
 pub struct Inflater<'a> {
-    objects: &'a HashMap<String, Vec<u8>>,
+    /// Every object, hashed and split once.
+    views: HashMap<&'a str, object::ObjectView<'a>>,
 }
 
 impl<'a> Inflater<'a> {
-    /// Over a set of `id → bytes`.
-    pub fn new(objects: &'a HashMap<String, Vec<u8>>) -> Self {
-        Self { objects }
+    /// Over a set of `id → bytes`; fails if any object's bytes do not hash to its id or its
+    /// head is malformed.
+    pub fn new(objects: &'a HashMap<String, Vec<u8>>) -> Result<Self> {
+        let views = objects
+            .iter()
+            .map(|(id, bytes)| Ok((id.as_str(), object::parse(id, bytes)?)))
+            .collect::<Result<_>>()?;
+        Ok(Self { views })
     }
 
-    fn view(&self, id: &str, class: &str) -> Result<object::ObjectView<'a>> {
-        let bytes = self
-            .objects
+    fn any(&self, id: &str) -> Result<&object::ObjectView<'a>> {
+        self.views
             .get(id)
-            .ok_or_else(|| FlowerError::object(id, "was not received"))?;
-        let v = object::parse(id, bytes)?;
+            .ok_or_else(|| FlowerError::object(id, "was not received"))
+    }
+
+    fn view(&self, id: &str, class: &str) -> Result<&object::ObjectView<'a>> {
+        let v = self.any(id)?;
         if v.class != class {
             return Err(FlowerError::object(
                 id,
@@ -409,11 +417,7 @@ impl<'a> Inflater<'a> {
         let refs = Self::refs(id, v.body, &v.children)?;
         let mut out = Vec::with_capacity(refs.len());
         for (k, cid) in refs {
-            let bytes = self
-                .objects
-                .get(&cid)
-                .ok_or_else(|| FlowerError::object(&cid, "was not received"))?;
-            let class = object::parse(&cid, bytes)?.class;
+            let class = self.any(&cid)?.class;
             let rec = match class {
                 "ArrayRecord" => Record::Arrays(self.arrayrecord(&cid)?),
                 "MetricRecord" => {
@@ -546,7 +550,7 @@ mod tests {
         assert_eq!(classes.iter().filter(|c| *c == "Array").count(), 2);
         let store: HashMap<String, Vec<u8>> = d.objects.iter().cloned().collect();
         let back = Inflater::new(&store)
-            .message(d.id(), m.metadata.clone())
+            .and_then(|i| i.message(d.id(), m.metadata.clone()))
             .unwrap();
         assert_eq!(back, m);
         let mut ids = Vec::new();
@@ -569,14 +573,16 @@ mod tests {
             *b ^= 1;
         }
         let e = Inflater::new(&store)
-            .message(d.id(), m.metadata.clone())
+            .and_then(|i| i.message(d.id(), m.metadata.clone()))
             .unwrap_err()
             .to_string();
         assert!(e.contains("hash"), "{e}");
         // A missing object.
         let mut store: HashMap<String, Vec<u8>> = d.objects.iter().cloned().collect();
         store.remove(cid);
-        assert!(Inflater::new(&store).message(d.id(), m.metadata).is_err());
+        assert!(Inflater::new(&store)
+            .and_then(|i| i.message(d.id(), m.metadata))
+            .is_err());
     }
 
     #[test]

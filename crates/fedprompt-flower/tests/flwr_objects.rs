@@ -139,7 +139,7 @@ fn messages_round_trip_through_objects() {
     let d = m.deflate();
     let store: HashMap<String, Vec<u8>> = d.objects.iter().cloned().collect();
     let back = Inflater::new(&store)
-        .message(d.id(), m.metadata.clone())
+        .and_then(|i| i.message(d.id(), m.metadata.clone()))
         .unwrap();
     // Equal, names in the same order (no Debug dump of 16 MB on failure).
     assert!(
