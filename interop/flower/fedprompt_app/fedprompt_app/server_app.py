@@ -76,21 +76,21 @@ class Recording:
     def _round(self, server_round: int) -> dict:
         return self.rounds.setdefault(server_round, {"round": server_round})
 
-    def aggregate_train(self, server_round, replies):
+    def _record(self, server_round, phase: str, replies) -> list:
         replies = list(replies)
         r = self._round(server_round)
-        r["train_replies"] = [_reply_summary(m) for m in replies]
-        r["train_ok"] = sum(1 for m in replies if not m.has_error())
-        r["train_t"] = time.time()
-        return super().aggregate_train(server_round, replies)
+        r[f"{phase}_replies"] = [_reply_summary(m) for m in replies]
+        r[f"{phase}_ok"] = sum(1 for m in replies if not m.has_error())
+        r[f"{phase}_t"] = time.time()
+        return replies
+
+    def aggregate_train(self, server_round, replies):
+        return super().aggregate_train(server_round, self._record(server_round, "train", replies))
 
     def aggregate_evaluate(self, server_round, replies):
-        replies = list(replies)
-        r = self._round(server_round)
-        r["evaluate_replies"] = [_reply_summary(m) for m in replies]
-        r["evaluate_ok"] = sum(1 for m in replies if not m.has_error())
-        r["evaluate_t"] = time.time()
-        return super().aggregate_evaluate(server_round, replies)
+        return super().aggregate_evaluate(
+            server_round, self._record(server_round, "evaluate", replies)
+        )
 
 
 @app.main()
