@@ -15,8 +15,7 @@
 
 use std::path::Path;
 
-use fedprompt_data::PartitionSpec;
-use fedprompt_fl::{derive_seed, Params, ServerState, StrategyConfig};
+use fedprompt_fl::{Params, ServerState, StrategyConfig};
 use fedprompt_model::trainable::write_atomic;
 use fedprompt_model::Classifier;
 use fedprompt_train::to_params;
@@ -24,7 +23,10 @@ use serde_json::json;
 
 use crate::config::{ExperimentConfig, Paradigm};
 use crate::error::{Result, SimError};
-use crate::run::{load_backbone, run_experiment, slug, RunOptions};
+use crate::run::{
+    federated_partition, load_backbone, run_experiment, slug, text_max_len, train_config,
+    RunOptions,
+};
 
 /// What [`export_federation`] wrote.
 #[derive(Clone, Debug)]
@@ -87,19 +89,10 @@ pub fn export_federation(
 
     let backbone = load_backbone(&single.model.path)?;
     let data = crate::data::load(&single.data, single.seed)?;
-    // As `run_experiment` computes it for this single run.
-    let max_len = single
-        .model
-        .max_len
-        .min(backbone.config().max_sequence_len())
-        .saturating_sub(spec.method.virtual_tokens());
+    // As `run_experiment` computes them for this single run.
+    let max_len = text_max_len(&single, &backbone);
     let labels = data.labels.names().to_vec();
-    let seed = derive_seed(single.seed, &[&spec.label]);
-    let partition = spec
-        .partition
-        .clone()
-        .unwrap_or(PartitionSpec::PerLanguage)
-        .partition(&data.train, seed)?;
+    let (seed, partition) = federated_partition(&single, spec, &data.train)?;
 
     std::fs::create_dir_all(out.join("clients")).map_err(|e| SimError::Io {
         path: out.join("clients"),
@@ -143,11 +136,10 @@ pub fn export_federation(
     write(&out.join("initial.safetensors"), &initial.to_safetensors()?)?;
 
     let local_epochs = spec.local_epochs.unwrap_or(single.federation.local_epochs);
-    let lr = spec.learning_rate.unwrap_or(single.train.learning_rate);
-    let mut train = single.train.clone();
-    train.epochs = local_epochs;
-    train.learning_rate = lr;
+    // The nodes' own seed is replaced each round by the one the server sends.
+    let mut train = train_config(&single, spec, local_epochs, single.train.seed);
     train.restore_best = false;
+    let lr = train.learning_rate;
     let toml = toml::to_string(&train).map_err(|e| run_err(label, e.to_string()))?;
     write(
         &out.join("train.toml"),

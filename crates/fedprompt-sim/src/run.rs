@@ -145,13 +145,7 @@ impl Ctx<'_> {
     }
 
     fn train_cfg(&self, spec: &RunSpec, epochs: usize, seed: u64) -> TrainConfig {
-        let mut t = self.cfg.train.clone();
-        t.epochs = epochs;
-        t.seed = seed;
-        if let Some(lr) = spec.learning_rate {
-            t.learning_rate = lr;
-        }
-        t
+        train_config(self.cfg, spec, epochs, seed)
     }
 
     fn steps_per_epoch(&self, n: usize) -> u64 {
@@ -274,12 +268,7 @@ impl Ctx<'_> {
         key: &str,
     ) -> Result<RunOutcome> {
         let start = Instant::now();
-        let seed = derive_seed(self.cfg.seed, &[&spec.label]);
-        let partition = spec
-            .partition
-            .clone()
-            .unwrap_or(PartitionSpec::PerLanguage)
-            .partition(&self.train_raw, seed)?;
+        let (seed, partition) = federated_partition(self.cfg, spec, &self.train_raw)?;
         let partition = match cap {
             Some(n) => {
                 let all: Vec<usize> = (0..partition.clients.len()).collect();
@@ -501,6 +490,53 @@ pub fn load_backbone(path: &str) -> Result<Backbone> {
     Ok(Backbone::load(&dir)?)
 }
 
+/// Tokens left for the text after the longest soft prompt of any run: the model's `max_len`
+/// (capped by the model) minus the most virtual tokens. Every run of a file encodes with it.
+pub(crate) fn text_max_len(cfg: &ExperimentConfig, backbone: &Backbone) -> usize {
+    let max_vt = cfg
+        .runs
+        .iter()
+        .map(|r| r.method.virtual_tokens())
+        .max()
+        .unwrap_or(0);
+    cfg.model
+        .max_len
+        .min(backbone.config().max_sequence_len())
+        .saturating_sub(max_vt)
+}
+
+/// A run's local training settings: the file's `[train]` with the run's epochs, seed and
+/// learning rate.
+pub(crate) fn train_config(
+    cfg: &ExperimentConfig,
+    spec: &RunSpec,
+    epochs: usize,
+    seed: u64,
+) -> TrainConfig {
+    let mut t = cfg.train.clone();
+    t.epochs = epochs;
+    t.seed = seed;
+    if let Some(lr) = spec.learning_rate {
+        t.learning_rate = lr;
+    }
+    t
+}
+
+/// A federated run's seed and its clients (before any size cap).
+pub(crate) fn federated_partition(
+    cfg: &ExperimentConfig,
+    spec: &RunSpec,
+    train: &[Example],
+) -> Result<(u64, fedprompt_data::Partition)> {
+    let seed = derive_seed(cfg.seed, &[&spec.label]);
+    let partition = spec
+        .partition
+        .clone()
+        .unwrap_or(PartitionSpec::PerLanguage)
+        .partition(train, seed)?;
+    Ok((seed, partition))
+}
+
 /// Runs every run of the experiment and writes the results folder. Returns the results.
 pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<(RunResults, PathBuf)> {
     cfg.validate().map_err(|msg| SimError::Config {
@@ -524,17 +560,7 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<(RunR
             )));
         }
     }
-    let max_vt = cfg
-        .runs
-        .iter()
-        .map(|r| r.method.virtual_tokens())
-        .max()
-        .unwrap_or(0);
-    let max_len = cfg
-        .model
-        .max_len
-        .min(backbone.config().max_sequence_len())
-        .saturating_sub(max_vt);
+    let max_len = text_max_len(cfg, &backbone);
     let text = backbone.text_encoder().clone().with_max_len(max_len)?;
     let train_enc = encode_examples(&text, &data.train)?;
     let eval_enc = encode_examples(&text, &data.eval)?;
