@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use fedprompt_net::error_chain;
+
 use crate::auth::NodeKey;
 use crate::error::{FlowerError, Result};
 use crate::proto;
@@ -391,17 +393,6 @@ impl FleetClient {
             .await?;
         Ok(())
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Turns an error status and body into a [`FlowerError`].

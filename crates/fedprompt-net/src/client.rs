@@ -68,23 +68,16 @@ fn endpoint(cfg: &JoinConfig) -> Result<Endpoint> {
     }
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
-}
-
 /// Connects (TLS as the URL says) and returns a raw client; no registration.
 pub async fn raw_client(cfg: &JoinConfig) -> Result<RawClient> {
     cfg.validate()?;
     let ep = endpoint(cfg)?;
     let channel = ep.connect().await.map_err(|e| {
-        let mut msg = format!("cannot connect to {}: {}", cfg.server, chain(&e));
+        let mut msg = format!(
+            "cannot connect to {}: {}",
+            cfg.server,
+            crate::error::error_chain(&e)
+        );
         if cfg.server.starts_with("http://") {
             msg.push_str(" (if the server uses TLS, use an https:// URL)");
         }

@@ -29,7 +29,7 @@ pub use client::{
     join, join_async, raw_client, update_messages, BearerAuth, JoinSummary, RawClient,
 };
 pub use config::{InitialParams, JoinConfig, ModelSpec, ServeConfig, DEFAULT_CHUNK_BYTES};
-pub use error::{NetError, Result};
+pub use error::{error_chain, NetError, Result};
 pub use events::Event;
 pub use server::{serve, start, RefusalKind, RunningServer, ServeSummary, ServerStats, StopHandle};
 pub use tls::{ClientTlsConfig, ServerTlsConfig};
