@@ -14,6 +14,7 @@ mod comm;
 pub mod dp;
 mod error;
 mod params;
+pub mod round_config;
 mod sampling;
 pub mod seed;
 mod server;
@@ -23,15 +24,16 @@ mod update;
 pub use comm::{CommEntry, CommLedger, Traffic};
 pub use error::{FlError, ParamsError, Result};
 pub use params::{Layout, Params, Tensor};
+pub use round_config::{keys, merge_config, ClientConfig, ConfigValue, RoundConfig};
 pub use sampling::{round_rng, Phase, Sampling};
 pub use seed::{client_round_seed, derive_seed};
 pub use server::{
     EvalOutcome, EvalRound, FitRound, RoundCollector, RoundOutcome, Server, ServerState,
 };
 pub use strategy::{
-    add_proximal_grad, fedavg, proximal_term, weighted_average_f64, ClientConfig, ConfigValue,
-    EvalAggregate, FedAvg, FedOpt, FedOptKind, FedOptParams, FedOptState, FedProx, RoundPlan,
-    RoundPolicy, Strategy, StrategyConfig, StrategyState,
+    add_proximal_grad, fedavg, proximal_term, weighted_average_f64, EvalAggregate, FedAvg, FedOpt,
+    FedOptKind, FedOptParams, FedOptState, FedProx, RoundPlan, RoundPolicy, Strategy,
+    StrategyConfig, StrategyState,
 };
 pub use update::{
     screen_updates, weighted_metrics, ClientId, ClientUpdate, EvaluateResult, Failure, Metrics,

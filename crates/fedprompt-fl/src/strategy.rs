@@ -9,25 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::ParamsError;
 use crate::error::{FlError, Result};
 use crate::params::{Params, Tensor};
+use crate::round_config::{keys, ClientConfig, ConfigValue};
 use crate::sampling::{Phase, Sampling};
 use crate::update::{weighted_metrics, ClientId, ClientUpdate, EvaluateResult, Failure, Metrics};
-
-/// A scalar configuration value sent to clients with their instructions.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum ConfigValue {
-    /// Boolean.
-    Bool(bool),
-    /// Integer.
-    Int(i64),
-    /// Float.
-    Float(f64),
-    /// String.
-    Str(String),
-}
-
-/// Per-round configuration sent to every selected client.
-pub type ClientConfig = BTreeMap<String, ConfigValue>;
 
 /// Sampling, quorum and timing rules shared by every strategy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -220,7 +204,7 @@ pub trait Strategy: Send + Sync + std::fmt::Debug {
 
     /// Configuration sent with training instructions (default: the round number).
     fn fit_config(&self, round: u64) -> ClientConfig {
-        ClientConfig::from([("round".to_string(), ConfigValue::Int(round as i64))])
+        ClientConfig::from([(keys::ROUND.to_string(), ConfigValue::Int(round as i64))])
     }
 
     /// Which clients train in `round`, and with what configuration.
@@ -244,7 +228,8 @@ pub trait Strategy: Send + Sync + std::fmt::Debug {
 
     /// Which clients evaluate in `round`.
     fn configure_evaluate(&self, round: u64, available: &[ClientId]) -> Result<RoundPlan> {
-        let config = ClientConfig::from([("round".to_string(), ConfigValue::Int(round as i64))]);
+        let config =
+            ClientConfig::from([(keys::ROUND.to_string(), ConfigValue::Int(round as i64))]);
         self.policy()
             .plan(round, Phase::Evaluate, available, config)
     }
@@ -404,9 +389,9 @@ impl Strategy for FedProx {
     }
     fn fit_config(&self, round: u64) -> ClientConfig {
         ClientConfig::from([
-            ("round".to_string(), ConfigValue::Int(round as i64)),
+            (keys::ROUND.to_string(), ConfigValue::Int(round as i64)),
             (
-                "proximal_mu".to_string(),
+                keys::PROXIMAL_MU.to_string(),
                 ConfigValue::Float(self.proximal_mu),
             ),
         ])
