@@ -5,8 +5,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
@@ -20,6 +19,8 @@ use crate::server::ServerState;
 use crate::strategy::{FedOptState, StrategyState};
 
 const META_KEY: &str = "fedprompt.checkpoint";
+/// Metadata key of the caller's annex (see [`ServerState::to_bytes_with_annex`]).
+const ANNEX_KEY: &str = "fedprompt.annex";
 const FORMAT_VERSION: u32 = 1;
 const GLOBAL: &str = "global/";
 const OPT_M: &str = "opt.m/";
@@ -43,6 +44,13 @@ fn bad(msg: impl Into<String>) -> FlError {
 impl ServerState {
     /// Serialises to checkpoint bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        self.to_bytes_with_annex(None)
+    }
+
+    /// Like [`ServerState::to_bytes`], with the caller's own progress (`annex`, e.g. JSON)
+    /// stored in the same file, so that both are written by one atomic write and a kill can
+    /// never leave one without the other.
+    pub fn to_bytes_with_annex(&self, annex: Option<&str>) -> Result<Vec<u8>> {
         let opt = match &self.strategy_state {
             StrategyState::Stateless => None,
             StrategyState::FedOpt(s) => Some(s),
@@ -77,12 +85,20 @@ impl ServerState {
                 }
             }
         }
-        let meta = HashMap::from([(META_KEY.to_string(), json)]);
+        let mut meta = HashMap::from([(META_KEY.to_string(), json)]);
+        if let Some(a) = annex {
+            meta.insert(ANNEX_KEY.to_string(), a.to_string());
+        }
         Ok(safetensors::serialize(views, Some(meta)).map_err(crate::ParamsError::from)?)
     }
 
     /// Parses checkpoint bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        Self::from_bytes_with_annex(bytes).map(|(s, _)| s)
+    }
+
+    /// Reads what [`ServerState::to_bytes_with_annex`] wrote: the state and the annex.
+    pub fn from_bytes_with_annex(bytes: &[u8]) -> Result<(Self, Option<String>)> {
         let st = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
         let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
         let json = metadata
@@ -96,6 +112,11 @@ impl ServerState {
             })?;
         let header: Header =
             serde_json::from_str(json).map_err(|e| bad(format!("metadata: {e}")))?;
+        let annex = metadata
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(ANNEX_KEY))
+            .cloned();
         if header.format_version != FORMAT_VERSION {
             return Err(bad(format!(
                 "format version {} (this build reads {FORMAT_VERSION})",
@@ -146,61 +167,52 @@ impl ServerState {
                 StrategyState::FedOpt(FedOptState { t, m, v })
             }
         };
-        Ok(ServerState {
+        let state = ServerState {
             round: header.round,
             strategy: header.strategy,
             seed: header.seed,
             global,
             strategy_state,
             ledger: header.ledger,
-        })
+        };
+        Ok((state, annex))
     }
 
-    /// Writes the checkpoint atomically: a temporary file in the same folder, synced, then renamed.
+    /// Writes the checkpoint atomically ([`fedprompt_io::write_atomic`]).
     pub fn save_checkpoint(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.save_checkpoint_with_annex(path, None)
+    }
+
+    /// Writes the checkpoint and the caller's annex in one atomic write.
+    pub fn save_checkpoint_with_annex(
+        &self,
+        path: impl AsRef<Path>,
+        annex: Option<&str>,
+    ) -> Result<()> {
         let path = path.as_ref();
-        let bytes = self.to_bytes()?;
-        let io = |p: &Path| {
-            let p = p.to_path_buf();
-            move |source| FlError::Io { path: p, source }
-        };
-        let file_name = path
-            .file_name()
-            .ok_or_else(|| bad(format!("`{}` is not a file path", path.display())))?;
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(file_name);
-        tmp_name.push(format!(".tmp.{}", std::process::id()));
-        let tmp: PathBuf = path.with_file_name(tmp_name);
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()
-        };
-        if let Err(e) = write() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io(&tmp)(e));
+        if path.file_name().is_none() {
+            return Err(bad(format!("`{}` is not a file path", path.display())));
         }
-        if let Err(e) = std::fs::rename(&tmp, path) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io(path)(e));
-        }
-        // Make the rename durable where the platform allows syncing a directory.
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
-        Ok(())
+        let bytes = self.to_bytes_with_annex(annex)?;
+        fedprompt_io::write_atomic(path, &bytes).map_err(|source| FlError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// Reads a checkpoint written by [`ServerState::save_checkpoint`].
     pub fn load_checkpoint(path: impl AsRef<Path>) -> Result<Self> {
+        Self::load_checkpoint_with_annex(path).map(|(s, _)| s)
+    }
+
+    /// Reads a checkpoint and its annex.
+    pub fn load_checkpoint_with_annex(path: impl AsRef<Path>) -> Result<(Self, Option<String>)> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|source| FlError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_bytes(&bytes).map_err(|e| match e {
+        Self::from_bytes_with_annex(&bytes).map_err(|e| match e {
             FlError::Checkpoint(msg) => bad(format!("{}: {msg}", path.display())),
             other => other,
         })

@@ -110,6 +110,17 @@ pub enum FlError {
         /// Round number.
         round: u64,
     },
+    /// Rounds were run but none of them changed the global model.
+    #[error(
+        "{rounds} round(s) ran and none was aggregated (last: {last_reason}); nothing was learned: \
+         check the clients' logs and the quorum settings"
+    )]
+    NothingAggregated {
+        /// Rounds run.
+        rounds: u64,
+        /// Why the last one was not aggregated.
+        last_reason: String,
+    },
     /// A client that was not selected for this round reported.
     #[error("client `{client_id}` is not part of round {round}")]
     UnknownClient {

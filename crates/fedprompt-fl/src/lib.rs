@@ -12,6 +12,7 @@ mod checkpoint;
 pub mod codec;
 mod comm;
 pub mod dp;
+pub mod driver;
 mod error;
 mod params;
 pub mod round_config;
@@ -22,6 +23,7 @@ mod strategy;
 mod update;
 
 pub use comm::{CommEntry, CommLedger, Traffic};
+pub use driver::{run_rounds, Collected, Flow, RoundClients, RunReport, RunRules};
 pub use error::{FlError, ParamsError, Result};
 pub use params::{Layout, Params, Tensor};
 pub use round_config::{keys, merge_config, ClientConfig, ConfigValue, RoundConfig};

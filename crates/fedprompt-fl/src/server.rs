@@ -339,8 +339,9 @@ impl Server {
     /// Closes a training round: missing clients become failures, the quorum is
     /// checked, and on success the aggregate becomes the new global.
     ///
-    /// The round counter advances even when the quorum is not met (global
-    /// unchanged, `aggregated == false`). On `Err`, nothing changes.
+    /// The round counter advances even when the quorum is not met or the answering
+    /// clients claimed zero examples in total (global unchanged, `aggregated == false`).
+    /// On `Err`, nothing changes.
     pub fn finish_fit(&mut self, mut fit: FitRound) -> Result<RoundOutcome> {
         let round = fit.plan.round;
         if round != self.round + 1 || fit.plan.phase != Phase::Fit {
@@ -352,10 +353,16 @@ impl Server {
         fit.close();
         let n_ok = fit.results.len();
         let n_failed = fit.failures.len();
+        let num_examples: u64 = fit.results.iter().map(|u| u.num_examples).sum();
         let skipped = self
             .strategy
             .policy()
-            .quorum_shortfall(Phase::Fit, n_ok, n_failed);
+            .quorum_shortfall(Phase::Fit, n_ok, n_failed)
+            .or_else(|| {
+                // Weights are example counts: with none there is nothing to average.
+                (num_examples == 0)
+                    .then(|| format!("the {n_ok} answering client(s) claimed 0 training examples"))
+            });
         let mut outcome = RoundOutcome {
             round,
             aggregated: false,
@@ -363,7 +370,7 @@ impl Server {
             n_ok,
             n_failed,
             failures: Vec::new(),
-            num_examples: fit.results.iter().map(|u| u.num_examples).sum(),
+            num_examples,
             metrics: weighted_metrics(fit.results.iter().map(|u| (u.num_examples, &u.metrics))),
             traffic: fit.ledger.round_total(round),
         };

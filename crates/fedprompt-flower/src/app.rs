@@ -15,8 +15,8 @@
 
 use std::collections::BTreeMap;
 
-use fedprompt_fl::{ClientConfig, ConfigValue, Params, Tensor};
-use fedprompt_net::{LocalTrainer, ModelSpec, Task};
+use fedprompt_fl::{keys, ClientConfig, ConfigValue, Params, Tensor};
+use fedprompt_train::client::{LocalTrainer, ModelSpec, Task};
 
 use crate::node::{MessageHandler, CLIENT_APP_RAISED_EXCEPTION};
 use crate::proto::{self, config_record_value::Value as Cv, metric_record_value::Value as Mv};
@@ -72,9 +72,9 @@ pub fn client_config(items: &[&proto::config_record::Item]) -> (ClientConfig, Op
             _ => continue, // lists and bytes mean nothing to fedprompt's trainer
         };
         let key = match it.key.replace('-', "_").as_str() {
-            "server_round" => "round".to_string(),
-            "local_epochs" => "epochs".to_string(),
-            "lr" => "learning_rate".to_string(),
+            "server_round" => keys::ROUND.to_string(),
+            "local_epochs" => keys::EPOCHS.to_string(),
+            "lr" => keys::LEARNING_RATE.to_string(),
             k => k.to_string(),
         };
         cfg.insert(key, value);
@@ -179,7 +179,7 @@ impl<T: LocalTrainer> MessageHandler for FedpromptApp<T> {
         global
             .check_finite()
             .map_err(|e| fail(format!("the global model: {e}")))?;
-        let round = match config.get("round") {
+        let round = match config.get(keys::ROUND) {
             Some(ConfigValue::Int(r)) if *r >= 0 => *r as u64,
             _ => 0,
         };

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use fedprompt_net::error_chain;
+use fedprompt_io::error_chain;
 
 use crate::auth::NodeKey;
 use crate::error::{FlowerError, Result};

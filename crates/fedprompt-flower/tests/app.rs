@@ -7,7 +7,7 @@ use fedprompt_flower::app::{client_config, metric, params_from_arrays, Fedprompt
 use fedprompt_flower::node::MessageHandler;
 use fedprompt_flower::proto::{self, config_record_value::Value as Cv};
 use fedprompt_flower::records::{Array, ArrayRecord, Message, Record, RecordDict};
-use fedprompt_net::DeterministicTrainer;
+use fedprompt_train::DeterministicTrainer;
 
 const SPEC: &str =
     r#"{"method":{"type":"prompt","num_virtual_tokens":2},"labels":["a","b"],"max_len":16}"#;

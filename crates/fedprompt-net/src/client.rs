@@ -18,7 +18,7 @@ use crate::proto::{
     PROTOCOL_VERSION,
 };
 use crate::server::MESSAGE_OVERHEAD;
-use crate::trainer::{EvalResult, FitResult, LocalTrainer, Task};
+use fedprompt_train::client::{EvalResult, FitResult, LocalTrainer, Task};
 
 /// Adds `authorization: Bearer <token>` to every call.
 #[derive(Clone)]

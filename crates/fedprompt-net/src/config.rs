@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fedprompt_fl::{ClientConfig, RoundPolicy, StrategyConfig};
-use fedprompt_model::MethodConfig;
+pub use fedprompt_train::ModelSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{NetError, Result};
@@ -27,20 +27,6 @@ fn d_liveness() -> f64 {
 }
 fn d_chunk() -> u64 {
     DEFAULT_CHUNK_BYTES
-}
-
-/// What the clients build locally: the PEFT method and the label set.
-/// Sent to every client when it registers (no data, only this description).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelSpec {
-    /// The PEFT method (`type = "prompt"`, `"lora"`, ...).
-    pub method: MethodConfig,
-    /// Label names, in index order.
-    pub labels: Vec<String>,
-    /// Maximum sequence length (tokens, special tokens included).
-    #[serde(default)]
-    pub max_len: Option<usize>,
 }
 
 /// Where the initial global parameters come from.
@@ -217,6 +203,8 @@ impl ServeConfig {
                 self.max_chunk_bytes
             )));
         }
+        fedprompt_fl::RoundConfig::parse_strict(&self.client_config)
+            .map_err(|e| NetError::Config(format!("[client_config]: {e}")))?;
         if matches!(self.initial, InitialParams::Model { .. }) && self.model.is_none() {
             return Err(NetError::Config(
                 "initial.type = \"model\" needs a [model] section (method and labels)".into(),

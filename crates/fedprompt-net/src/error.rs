@@ -69,15 +69,4 @@ impl NetError {
 /// Result alias for this crate.
 pub type Result<T, E = NetError> = std::result::Result<T, E>;
 
-/// An error and its sources, `outer: inner: innermost` (transport errors hide the useful part,
-/// such as "Connection refused", several sources down).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
-}
+pub use fedprompt_io::error_chain;

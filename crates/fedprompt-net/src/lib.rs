@@ -23,17 +23,18 @@ mod events;
 pub mod proto;
 mod server;
 pub mod tls;
-mod trainer;
 
 pub use client::{
     join, join_async, raw_client, update_messages, BearerAuth, JoinSummary, RawClient,
 };
-pub use config::{InitialParams, JoinConfig, ModelSpec, ServeConfig, DEFAULT_CHUNK_BYTES};
+pub use config::{InitialParams, JoinConfig, ServeConfig, DEFAULT_CHUNK_BYTES};
 pub use error::{error_chain, NetError, Result};
 pub use events::Event;
+/// The client contract, shared with the simulator and the Flower node (`fedprompt-train`).
+pub use fedprompt_train::client::{
+    DeterministicTrainer, EvalResult, FitResult, LocalTrainer, ModelTrainer, ModelTrainerConfig,
+    Task, TrainerError,
+};
+pub use fedprompt_train::ModelSpec;
 pub use server::{serve, start, RefusalKind, RunningServer, ServeSummary, ServerStats, StopHandle};
 pub use tls::{ClientTlsConfig, ServerTlsConfig};
-pub use trainer::{
-    config_float, config_int, DeterministicTrainer, EvalResult, FitResult, LocalTrainer,
-    ModelTrainer, ModelTrainerConfig, Task, TrainerError,
-};

@@ -13,19 +13,9 @@ use crate::{plots, tables};
 /// File name of the full results inside a results folder.
 pub const RESULTS_JSON: &str = "results.json";
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder, then a rename.
+/// Writes `bytes` to `path` atomically ([`fedprompt_io::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = parent_dir(path);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".fedprompt-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(io_err(dir))?;
-    tmp.write_all(bytes).map_err(io_err(tmp.path()))?;
-    tmp.as_file().sync_all().map_err(io_err(tmp.path()))?;
-    tmp.persist(path)
-        .map_err(|e| io_err(path)(e.error))
-        .map(|_| ())
+    fedprompt_io::write_atomic(path, bytes).map_err(io_err(path))
 }
 
 pub(crate) fn parent_dir(path: &Path) -> &Path {

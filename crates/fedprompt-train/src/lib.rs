@@ -2,11 +2,17 @@
 //! (length-bucketed) batches with dynamic padding, early stopping on eval accuracy,
 //! accuracy and macro-F1 per language.
 
+pub mod client;
 pub mod encode;
 pub mod metrics;
 pub mod params;
 pub mod trainer;
 
+pub use client::{
+    eval_metrics, local_evaluate, local_fit, local_train_config, text_max_len,
+    DeterministicTrainer, EvalResult, FitResult, LocalModel, LocalTrainer, ModelSpec, ModelTrainer,
+    ModelTrainerConfig, Task, TrainerError,
+};
 pub use encode::{encode_examples, EncodedExample};
 pub use metrics::{evaluate, score, EvalReport, LangScore};
 pub use params::{assign_params, params_to_tensors, to_params};
