@@ -11,7 +11,8 @@
 mod checkpoint;
 pub mod codec;
 mod comm;
-pub mod dp;
+#[path = "dp.rs"]
+mod dp_mechanism;
 mod error;
 mod params;
 pub mod round_config;
@@ -20,6 +21,21 @@ pub mod seed;
 mod server;
 mod strategy;
 mod update;
+
+/// Central Gaussian differential privacy with fixed clipping (DP-FedAvg).
+///
+/// Each client's delta `Δ_k = h_k − h_g` is clipped to L2 norm `S`; the server
+/// adds `N(0, σ²S²)` noise to the *sum* of clipped deltas and divides by the
+/// number of clients: `h_g' = h_g + (Σ_k clip(Δ_k) + N(0, σ²S²I)) / m`.
+/// Weights are uniform so that one client changes the sum by at most `S`.
+///
+/// This module only re-exports: the mechanism (`dp.rs`, which knows no
+/// strategy) and the [`DpFedAvg`](dp::DpFedAvg) strategy built on it
+/// (`strategy/dp_fedavg.rs`).
+pub mod dp {
+    pub use crate::dp_mechanism::{add_gaussian_noise, clip_to_norm, GaussianDp};
+    pub use crate::strategy::DpFedAvg;
+}
 
 pub use comm::{CommEntry, CommLedger, Traffic};
 pub use error::{FlError, ParamsError, Result};
