@@ -33,7 +33,8 @@ pub use server::{
     EvalOutcome, EvalRound, FitRound, RoundCollector, RoundOutcome, Server, ServerState,
 };
 pub use strategy::{
-    add_proximal_grad, fedavg, proximal_term, weighted_average_f64, EvalAggregate, FedAvg, FedOpt,
+    add_proximal_grad, fedavg, proximal_term, weighted_average_f64, DpFedAvg, EvalAggregate, FedAvg,
+    FedOpt,
     FedOptKind, FedOptParams, FedOptState, FedProx, RoundPlan, RoundPolicy, Strategy,
     StrategyConfig, StrategyState,
 };

@@ -1,7 +1,8 @@
 //! Update codecs and Gaussian differential privacy.
 
 use fedprompt_fl::codec::Codec;
-use fedprompt_fl::dp::{add_gaussian_noise, clip_to_norm, DpFedAvg, GaussianDp};
+use fedprompt_fl::dp::{add_gaussian_noise, clip_to_norm, GaussianDp};
+use fedprompt_fl::DpFedAvg;
 use fedprompt_fl::{round_rng, ClientUpdate, FlError, Params, Phase, RoundPolicy, Strategy};
 
 fn params(n: usize) -> Params {
