@@ -33,10 +33,9 @@ pub use server::{
     EvalOutcome, EvalRound, FitRound, RoundCollector, RoundOutcome, Server, ServerState,
 };
 pub use strategy::{
-    add_proximal_grad, fedavg, proximal_term, weighted_average_f64, DpFedAvg, EvalAggregate, FedAvg,
-    FedOpt,
-    FedOptKind, FedOptParams, FedOptState, FedProx, RoundPlan, RoundPolicy, Strategy,
-    StrategyConfig, StrategyState,
+    add_proximal_grad, fedavg, proximal_term, weighted_average_f64, DpFedAvg, EvalAggregate,
+    FedAvg, FedOpt, FedOptKind, FedOptParams, FedOptState, FedProx, RoundPlan, RoundPolicy,
+    Strategy, StrategyConfig, StrategyState,
 };
 pub use update::{
     screen_updates, weighted_metrics, ClientId, ClientUpdate, EvaluateResult, Failure, Metrics,

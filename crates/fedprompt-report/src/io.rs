@@ -1,7 +1,6 @@
 //! Atomic file writers (JSON, CSV, Markdown), `write_all` and `load`.
 
 use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -16,13 +15,6 @@ pub const RESULTS_JSON: &str = "results.json";
 /// Writes `bytes` to `path` atomically ([`fedprompt_io::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     fedprompt_io::write_atomic(path, bytes).map_err(io_err(path))
-}
-
-pub(crate) fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
 }
 
 /// Writes `results.json` (pretty-printed) into `dir`.

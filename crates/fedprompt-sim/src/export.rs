@@ -16,17 +16,13 @@
 use std::path::Path;
 
 use fedprompt_fl::{Params, ServerState, StrategyConfig};
-use fedprompt_model::trainable::write_atomic;
 use fedprompt_model::Classifier;
 use fedprompt_train::to_params;
 use serde_json::json;
 
 use crate::config::{ExperimentConfig, Paradigm};
 use crate::error::{Result, SimError};
-use crate::run::{
-    federated_partition, load_backbone, run_experiment, slug, text_max_len, train_config,
-    RunOptions,
-};
+use crate::run::{load_backbone, run_experiment, slug, RunOptions, RunPlan};
 
 /// What [`export_federation`] wrote.
 #[derive(Clone, Debug)]
@@ -49,8 +45,10 @@ fn run_err(run: &str, msg: impl Into<String>) -> SimError {
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic(path, bytes)?;
-    Ok(())
+    fedprompt_io::write_atomic(path, bytes).map_err(|source| SimError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Writes the federated run `label` of `cfg` into `out` (see the module docs).
@@ -89,10 +87,13 @@ pub fn export_federation(
 
     let backbone = load_backbone(&single.model.path)?;
     let data = crate::data::load(&single.data, single.seed)?;
-    // As `run_experiment` computes them for this single run.
-    let max_len = text_max_len(&single, &backbone);
+    // As `run_experiment` resolves this single run; the clients apply the same
+    // `fedprompt_train::text_max_len` to `max_len` (virtual tokens included).
+    let plan = RunPlan::resolve(&single, &single.runs[0])?;
+    let max_len = single.model.max_len;
     let labels = data.labels.names().to_vec();
-    let (seed, partition) = federated_partition(&single, spec, &data.train)?;
+    let seed = plan.seed;
+    let partition = plan.partition(&data.train)?;
 
     std::fs::create_dir_all(out.join("clients")).map_err(|e| SimError::Io {
         path: out.join("clients"),
@@ -135,9 +136,10 @@ pub fn export_federation(
     let initial = to_params(clf.trainable())?;
     write(&out.join("initial.safetensors"), &initial.to_safetensors()?)?;
 
-    let local_epochs = spec.local_epochs.unwrap_or(single.federation.local_epochs);
+    let local_epochs = plan.local_epochs;
     // The nodes' own seed is replaced each round by the one the server sends.
-    let mut train = train_config(&single, spec, local_epochs, single.train.seed);
+    let mut train = plan.client_train();
+    train.seed = single.train.seed;
     train.restore_best = false;
     let lr = train.learning_rate;
     let toml = toml::to_string(&train).map_err(|e| run_err(label, e.to_string()))?;
@@ -162,14 +164,10 @@ pub fn export_federation(
             .expect("json")
             .as_slice(),
     )?;
-    let rounds = spec.rounds.unwrap_or(single.federation.rounds);
+    let rounds = plan.rounds;
     // The server side as the Flower App's run config names it; only strategies whose server
     // arithmetic is FedAvg's can be reproduced exactly by Flower's own strategy classes.
-    let strategy = match spec
-        .strategy
-        .as_ref()
-        .unwrap_or(&single.federation.strategy)
-    {
+    let strategy = match &plan.strategy {
         StrategyConfig::FedAvg => json!({"strategy": "fedavg"}),
         StrategyConfig::FedProx { proximal_mu } => {
             json!({"strategy": "fedprox", "proximal-mu": proximal_mu})

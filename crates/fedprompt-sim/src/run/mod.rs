@@ -1,0 +1,252 @@
+//! Running an experiment: every paradigm against one shared frozen backbone.
+//!
+//! - [`plan`]: each run's settings resolved once from the file's defaults and its overrides;
+//! - [`local`]: monolingual and centralized runs;
+//! - [`federated`]: federated runs, the shared round loop over in-process clients;
+//! - [`state`]: what `--resume` finds (finished runs; a federated run's state per round);
+//! - [`results`]: rows, curves, distances and notes of the results folder.
+
+mod federated;
+mod local;
+mod plan;
+mod results;
+mod state;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use fedprompt_data::Example;
+use fedprompt_model::Backbone;
+use fedprompt_report::{DataEffPoint, RunResults};
+use fedprompt_train::{encode_examples, EncodedExample};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::config::{ExperimentConfig, Paradigm};
+use crate::error::{Result, SimError};
+
+pub(crate) use plan::{text_max_len, RunPlan};
+pub use results::method_label;
+use state::{read_json, write_json, RunFiles, RunOutcome};
+
+/// How to run an experiment.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Continue from the checkpoints of an earlier, interrupted run of the same file.
+    pub resume: bool,
+    /// Show progress bars.
+    pub progress: bool,
+    /// Results folder (overrides the file's `output`).
+    pub output: Option<PathBuf>,
+    /// Stop (as if killed) after this many federated rounds in total; for tests of resume.
+    pub stop_after_rounds: Option<u64>,
+}
+
+/// A run label as a file name: lower-case ASCII words joined by `-`.
+pub(crate) fn slug(label: &str) -> String {
+    label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect::<String>()
+        .split('-')
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// What every run of an experiment shares: the backbone, the encoded data, progress bars.
+struct Ctx<'a> {
+    cfg: &'a ExperimentConfig,
+    backbone: &'a Backbone,
+    labels: Vec<String>,
+    train_raw: Vec<Example>,
+    train: Vec<EncodedExample>,
+    eval: Vec<EncodedExample>,
+    pad_id: u32,
+    use_types: bool,
+    ckpt_dir: PathBuf,
+    opts: &'a RunOptions,
+    mp: MultiProgress,
+    rounds_done: u64,
+}
+
+impl Ctx<'_> {
+    fn bar(&self, len: u64, prefix: String) -> ProgressBar {
+        let pb = self.mp.add(ProgressBar::new(len));
+        pb.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>22} [{bar:30}] {pos}/{len} steps {elapsed_precise} eta {eta} {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        pb.set_prefix(prefix);
+        pb
+    }
+
+    fn steps_per_epoch(&self, n: usize) -> u64 {
+        let per = n.div_ceil(self.cfg.train.batch_size);
+        self.cfg
+            .train
+            .max_steps_per_epoch
+            .map_or(per, |m| per.min(m)) as u64
+    }
+
+    /// Runs `plan` (with a per-client cap for the data-efficiency ablation), or reads its
+    /// outcome when a resumed experiment finished it before.
+    fn run_or_resume(
+        &mut self,
+        plan: &RunPlan<'_>,
+        cap: Option<usize>,
+        key: &str,
+    ) -> Result<RunOutcome> {
+        let files = RunFiles::new(&self.ckpt_dir, key);
+        if self.opts.resume && files.done.is_file() {
+            return read_json(&files.done);
+        }
+        let outcome = match plan.spec.paradigm {
+            Paradigm::Federated => self.run_federated(plan, cap, &files)?,
+            _ => self.run_local(plan)?,
+        };
+        write_json(&files.done, &outcome)?;
+        Ok(outcome)
+    }
+}
+
+/// Loads the model named by the experiment (`default` = the built-in model).
+pub fn load_backbone(path: &str) -> Result<Backbone> {
+    let dir = if path == "default" {
+        fedprompt_hub::default_model_dir()?
+    } else {
+        PathBuf::from(path)
+    };
+    Ok(Backbone::load(&dir)?)
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> SimError {
+    SimError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Runs every run of the experiment and writes the results folder. Returns the results.
+pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<(RunResults, PathBuf)> {
+    cfg.validate().map_err(|msg| SimError::Config {
+        path: PathBuf::from(&cfg.name),
+        msg,
+    })?;
+    let plans = cfg
+        .runs
+        .iter()
+        .map(|spec| RunPlan::resolve(cfg, spec))
+        .collect::<Result<Vec<_>>>()?;
+    let out = opts.output.clone().unwrap_or_else(|| cfg.output_dir());
+    let ckpt_dir = out.join("checkpoints");
+    if !opts.resume && ckpt_dir.exists() {
+        std::fs::remove_dir_all(&ckpt_dir).map_err(|e| io_err(&ckpt_dir, e))?;
+    }
+    std::fs::create_dir_all(&ckpt_dir).map_err(|e| io_err(&ckpt_dir, e))?;
+
+    let started = Instant::now();
+    let backbone = load_backbone(&cfg.model.path)?;
+    let data = crate::data::load(&cfg.data, cfg.seed)?;
+    for lang in &cfg.data.languages {
+        if !data.eval.iter().any(|e| &e.language == lang) {
+            return Err(SimError::DataMsg(format!(
+                "language `{lang}` has no evaluation examples"
+            )));
+        }
+    }
+    let max_len = text_max_len(cfg, &backbone)?;
+    let text = backbone.text_encoder().clone().with_max_len(max_len)?;
+    let mp = MultiProgress::new();
+    if !opts.progress {
+        mp.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    let mut ctx = Ctx {
+        cfg,
+        backbone: &backbone,
+        labels: data.labels.names().to_vec(),
+        train_raw: data.train.clone(),
+        train: encode_examples(&text, &data.train)?,
+        eval: encode_examples(&text, &data.eval)?,
+        pad_id: backbone.config().pad_token_id,
+        use_types: backbone.config().family == fedprompt_model::Family::Bert,
+        ckpt_dir,
+        opts,
+        mp,
+        rounds_done: 0,
+    };
+
+    let mut results = RunResults {
+        experiment: cfg.name.clone(),
+        task: cfg.task.clone(),
+        model: backbone.folder().display().to_string(),
+        seed: cfg.seed,
+        languages: cfg.data.languages.clone(),
+        rows: Vec::new(),
+        curves: Vec::new(),
+        comm: Vec::new(),
+        data_efficiency: Vec::new(),
+        distances: None,
+        meta: BTreeMap::new(),
+    };
+    let mut timings = Vec::new();
+    for plan in &plans {
+        let outcome = ctx.run_or_resume(plan, None, &slug(&plan.spec.label))?;
+        tracing::info!(run = %plan.spec.label, avg = outcome.row.average, "run finished");
+        timings.push(format!("{}: {:.0} s", plan.spec.label, outcome.seconds));
+        results.rows.push(outcome.row);
+        results.curves.push(outcome.curve);
+        results.comm.extend(outcome.comm);
+    }
+    if let Some(de) = &cfg.data_efficiency {
+        let plan = plans
+            .iter()
+            .find(|p| p.spec.label == de.run)
+            .expect("validated");
+        for &n in &de.sizes {
+            let key = format!("{}-cap-{n}", slug(&plan.spec.label));
+            let outcome = ctx.run_or_resume(plan, Some(n), &key)?;
+            results.data_efficiency.push(DataEffPoint {
+                paradigm: plan.spec.label.clone(),
+                train_size: n,
+                accuracy: outcome.row.average,
+            });
+        }
+    }
+    if cfg.language_distance {
+        results::add_distances(&mut results, &cfg.data.languages);
+    }
+    let meta = &mut results.meta;
+    meta.insert("train examples".into(), results::counts(&data.train));
+    meta.insert("eval examples".into(), results::counts(&data.eval));
+    meta.insert("labels".into(), data.labels.names().join(", "));
+    meta.insert("max tokens".into(), format!("{max_len} (+ virtual tokens)"));
+    meta.insert("run times".into(), timings.join("; "));
+    meta.insert(
+        "wall time".into(),
+        format!("{:.0} s", started.elapsed().as_secs_f64()),
+    );
+    meta.insert(
+        "selection".into(),
+        "every row reports the epoch/round with the best average eval accuracy (early stopping on eval, as the paper)".into(),
+    );
+    if data.warnings > 0 {
+        meta.insert("skipped lines".into(), data.warnings.to_string());
+    }
+    fedprompt_report::write_all(&results, &out)?;
+    Ok((results, out))
+}
+
+/// Whether a results folder's checkpoints let `resume` continue (for messages).
+pub fn has_checkpoints(out: &Path) -> bool {
+    out.join("checkpoints").is_dir()
+}

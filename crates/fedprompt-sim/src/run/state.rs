@@ -1,0 +1,106 @@
+//! What a run leaves on disk for `--resume`: a finished run's outcome, and a federated run's
+//! state between rounds (server state and learning curve in one atomic file).
+
+use std::path::{Path, PathBuf};
+
+use fedprompt_fl::{Server, ServerState, Strategy};
+use fedprompt_report::{CommRow, Curve, ParadigmRow, RoundPoint};
+use fedprompt_train::EvalReport;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, SimError};
+
+/// The outcome of a finished run, cached so a resumed experiment skips it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct RunOutcome {
+    pub row: ParadigmRow,
+    pub curve: Curve,
+    pub comm: Option<CommRow>,
+    pub best_avg: f64,
+    pub seconds: f64,
+}
+
+/// A federated run's progress between rounds: its learning curve and best round so far.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct FedProgress {
+    pub curve: Vec<RoundPoint>,
+    pub best_round: u64,
+    pub best_avg: f64,
+    pub best_report: Option<EvalReport>,
+    pub seconds: f64,
+}
+
+impl FedProgress {
+    pub fn new() -> Self {
+        FedProgress {
+            curve: Vec::new(),
+            best_round: 0,
+            best_avg: -1.0,
+            best_report: None,
+            seconds: 0.0,
+        }
+    }
+}
+
+/// Where one run keeps its files inside the checkpoints folder.
+#[derive(Clone, Debug)]
+pub(crate) struct RunFiles {
+    /// The run finished: its [`RunOutcome`].
+    pub done: PathBuf,
+    /// A federated run between rounds: [`ServerState`] with the [`FedProgress`] as its annex.
+    pub state: PathBuf,
+}
+
+impl RunFiles {
+    pub fn new(dir: &Path, key: &str) -> Self {
+        RunFiles {
+            done: dir.join(format!("{key}.done.json")),
+            state: dir.join(format!("{key}.ckpt")),
+        }
+    }
+}
+
+fn unreadable(path: &Path, e: impl std::fmt::Display) -> SimError {
+    SimError::Run {
+        run: path.display().to_string(),
+        msg: format!("unreadable checkpoint file: {e}; delete it or run without --resume"),
+    }
+}
+
+/// Writes `v` as pretty JSON, atomically.
+pub(crate) fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    let text = serde_json::to_vec_pretty(v).expect("serialisable");
+    fedprompt_io::write_atomic(path, &text).map_err(|source| SimError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads what [`write_json`] wrote.
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read(path).map_err(|source| SimError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_slice(&text).map_err(|e| unreadable(path, e))
+}
+
+/// Saves the server and the progress after a round, in one atomic write.
+pub(crate) fn save_round(path: &Path, server: &Server, progress: &FedProgress) -> Result<()> {
+    let annex = serde_json::to_string(progress).expect("serialisable");
+    server
+        .state()
+        .save_checkpoint_with_annex(path, Some(&annex))?;
+    Ok(())
+}
+
+/// Loads what [`save_round`] wrote and resumes the server with `strategy`.
+pub(crate) fn load_round(
+    path: &Path,
+    strategy: Box<dyn Strategy>,
+) -> Result<(Server, FedProgress)> {
+    let (state, annex) = ServerState::load_checkpoint_with_annex(path)?;
+    let annex = annex.ok_or_else(|| unreadable(path, "it holds no simulator progress"))?;
+    let progress = serde_json::from_str(&annex).map_err(|e| unreadable(path, e))?;
+    Ok((Server::from_state(state, strategy)?, progress))
+}
