@@ -14,12 +14,19 @@ use safetensors::{Dtype, View};
 /// Shape of the random model.
 #[derive(Clone, Debug)]
 pub struct XlmrShape {
+    /// Vocabulary size.
     pub vocab: usize,
+    /// Hidden size.
     pub hidden: usize,
+    /// Encoder layers.
     pub layers: usize,
+    /// Attention heads.
     pub heads: usize,
+    /// Feed-forward (intermediate) size.
     pub ffn: usize,
+    /// Position embeddings.
     pub max_positions: usize,
+    /// Labels of the classification head.
     pub num_labels: usize,
 }
 

@@ -13,8 +13,11 @@ pub const SCRIPT: &str = include_str!("../../../scripts/bench_torch.py");
 
 /// A Python that imports torch, transformers and peft, and the script to run.
 pub struct TorchSide {
+    /// The Python to run.
     pub python: String,
+    /// The `bench_torch.py` it runs.
     pub script: PathBuf,
+    /// `{"torch": ..., "transformers": ..., "peft": ...}` as the probe reported them.
     pub versions: serde_json::Value,
 }
 

@@ -35,22 +35,34 @@ pub enum JobKind {
 /// One measurement, given to the worker as JSON on stdin.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Job {
+    /// What to measure.
     pub kind: JobKind,
+    /// The model folder (`config.json`, `model.safetensors`, `tokenizer.json`).
     pub model_dir: PathBuf,
+    /// Examples per iteration.
     pub batch: usize,
+    /// Tokens per example.
     pub seq_len: usize,
+    /// Untimed iterations first.
     pub warmup: usize,
+    /// Timed iterations.
     pub iters: usize,
+    /// Labels of the classification head.
     pub num_labels: usize,
+    /// Seed of the classifier's initialisation and of training-mode dropout.
     pub seed: u64,
+    /// AdamW learning rate.
     pub lr: f64,
 }
 
 /// Bytes per round of one method.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MethodBytes {
+    /// `prompt`, `lora` or `full`.
     pub method: String,
+    /// Trainable parameters.
     pub params: usize,
+    /// Size of the trainable set as a safetensors file.
     pub bytes: u64,
 }
 
@@ -270,5 +282,25 @@ pub fn run_worker_job(exe: &Path, job: &Job, threads: Option<usize>) -> Result<J
             "the bench worker failed ({}); see its stderr above",
             out.status
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_hwm_parses() {
+        let s = "Name:\tx\nVmPeak:\t  100 kB\nVmHWM:\t    2048 kB\nVmRSS:\t 1 kB\n";
+        assert_eq!(parse_vm_hwm(s), Some(2048 * 1024));
+        assert!(vm_hwm_bytes().unwrap() > 0);
+    }
+
+    #[test]
+    fn token_rows_shape() {
+        let rows = token_rows(3, 5, 100);
+        assert_eq!(rows.len(), 3);
+        assert!(rows.iter().all(|r| r.len() == 5 && r[0] == 0 && r[4] == 2));
+        assert!(rows.iter().flatten().all(|&t| t < 100));
     }
 }
