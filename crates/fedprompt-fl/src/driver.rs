@@ -197,12 +197,20 @@ pub fn run_rounds<C: RoundClients>(
     }
     if !report.outcomes.is_empty() && report.outcomes.iter().all(|o| !o.aggregated) {
         let last = report.outcomes.last().expect("not empty");
+        let mut last_reason = last
+            .skipped
+            .clone()
+            .unwrap_or_else(|| "unknown".to_string());
+        // The clients' own reasons are what an operator needs to fix the run.
+        if let Some(f) = last.failures.first() {
+            last_reason.push_str(&format!("; client `{}` failed: {}", f.client_id, f.reason));
+            if last.failures.len() > 1 {
+                last_reason.push_str(&format!(" (and {} more)", last.failures.len() - 1));
+            }
+        }
         return Err(FlError::NothingAggregated {
             rounds: report.outcomes.len() as u64,
-            last_reason: last
-                .skipped
-                .clone()
-                .unwrap_or_else(|| "unknown".to_string()),
+            last_reason,
         }
         .into());
     }

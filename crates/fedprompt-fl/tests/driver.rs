@@ -197,6 +197,8 @@ fn failed_clients_are_failures_and_quorum_decides() {
     m.broken = vec!["a".into()];
     let e = run_rounds(&mut s, &mut m, &rules(2, 0)).unwrap_err();
     assert!(matches!(e, FlError::NothingAggregated { .. }), "{e}");
+    // The client's own reason reaches the operator.
+    assert!(e.to_string().contains("client `a` failed: crashed"), "{e}");
 }
 
 #[test]

@@ -817,3 +817,52 @@ fn real_model_trainer_federates_prompt_tuning() {
 }
 
 const DEFAULT_CHUNK: u64 = fedprompt_net::DEFAULT_CHUNK_BYTES;
+
+#[test]
+fn prompt_tuning_client_leaves_room_for_virtual_tokens_on_long_texts() {
+    // The tiny model holds 64 tokens. Without a `max_len`, texts used to be cut to 64 tokens
+    // and the 4 virtual tokens then overflowed the position table on the first long example.
+    init_tracing();
+    let ids = ["en"];
+    let fx = fixture(&ids);
+    let mut cfg = serve_config(&fx, 1, policy(1, 1, 1.0));
+    cfg.model = Some(
+        toml::from_str(
+            r#"
+            labels = ["neg", "pos"]
+            method = { type = "prompt", num_virtual_tokens = 4 }
+            "#,
+        )
+        .unwrap(),
+    );
+    cfg.initial = InitialParams::Model {
+        dir: tiny_model(),
+        seed: 3,
+    };
+    cfg.client_config = toml::from_str("epochs = 1\nbatch_size = 2").unwrap();
+    let long = "a very long review of a film ".repeat(40);
+    let file = fx.dir.path().join("en.jsonl");
+    write_jsonl(&file, &[(&long, "pos"), ("bad", "neg"), (&long, "neg")]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(fedprompt_net::start(cfg)).unwrap();
+    let jc = join_config(&fx, server.local_addr().port(), "en");
+    let client = std::thread::spawn(move || {
+        let mut t = fedprompt_net::ModelTrainer::new(fedprompt_net::ModelTrainerConfig::new(
+            tiny_model(),
+            file,
+        ));
+        fedprompt_net::join(jc, &mut t)
+    });
+    let summary = rt.block_on(server.wait());
+    let joined = client.join().unwrap();
+    let summary = summary.unwrap();
+    assert!(
+        summary
+            .outcomes
+            .iter()
+            .all(|o| o.aggregated && o.n_failed == 0),
+        "{:?}; client: {joined:?}",
+        summary.outcomes
+    );
+    assert_eq!(joined.unwrap().rounds_trained, vec![1]);
+}
