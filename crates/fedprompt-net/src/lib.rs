@@ -24,6 +24,7 @@ pub mod proto;
 mod server;
 pub mod tls;
 mod trainer;
+mod transfer;
 
 pub use client::{
     join, join_async, raw_client, update_messages, BearerAuth, JoinSummary, RawClient,
