@@ -3,9 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use fedprompt_fl::{Metrics, Params};
-use sha2::{Digest, Sha256};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
@@ -18,6 +17,7 @@ use crate::proto::{
     PROTOCOL_VERSION,
 };
 use crate::server::MESSAGE_OVERHEAD;
+use crate::transfer::{self, Reassembly, TransferError};
 use fedprompt_train::client::{EvalResult, FitResult, LocalTrainer, Task};
 
 /// Adds `authorization: Bearer <token>` to every call.
@@ -206,33 +206,30 @@ async fn get_task(s: &mut Session, wait: Duration) -> std::result::Result<Receiv
         }
     }
     let bound = s.reg.max_update_bytes.saturating_mul(4).max(1 << 30);
-    if header.params_len > bound {
-        return Err(Failure::Fatal(NetError::Protocol(format!(
-            "the server announced {} bytes of parameters",
-            header.params_len
-        ))));
-    }
-    let total = header.params_len as usize;
-    let mut buf = BytesMut::with_capacity(total);
-    buf.extend_from_slice(&header.params_inline);
-    while buf.len() < total {
+    let broken = |e: TransferError| match e {
+        TransferError::Oversized { declared, .. } => Failure::Fatal(NetError::Protocol(format!(
+            "the server announced {declared} bytes of parameters"
+        ))),
+        TransferError::Checksum => {
+            Failure::Retry("the downloaded parameters failed their checksum".into())
+        }
+        TransferError::Overlong { .. } | TransferError::Truncated { .. } => {
+            Failure::Retry("the parameter download was cut short".into())
+        }
+    };
+    let total = header.params_len;
+    let mut download = Reassembly::new(total, Some(header.params_sha256), bound).map_err(broken)?;
+    download.push(&header.params_inline).map_err(broken)?;
+    while !download.is_complete() {
         match stream.message().await {
             Ok(Some(proto::TaskMessage {
                 body: Some(task_message::Body::Chunk(c)),
-            })) if buf.len() + c.len() <= total => buf.extend_from_slice(&c),
-            Ok(_) => {
-                return Err(Failure::Retry(
-                    "the parameter download was cut short".into(),
-                ))
-            }
+            })) => download.push(&c).map_err(broken)?,
+            Ok(_) => return Err(broken(download.truncated())),
             Err(st) => return Err(classify("download", &st)),
         }
     }
-    if buf.len() != total || Sha256::digest(&buf).as_slice() != &header.params_sha256[..] {
-        return Err(Failure::Retry(
-            "the downloaded parameters failed their checksum".into(),
-        ));
-    }
+    let buf = download.finish().map_err(broken)?;
     let global = Params::from_safetensors(&buf).map_err(|e| {
         Failure::Fatal(NetError::Protocol(format!(
             "the global parameters are unreadable: {e}"
@@ -243,7 +240,7 @@ async fn get_task(s: &mut Session, wait: Duration) -> std::result::Result<Receiv
         round: header.round,
         config: proto::config_from_wire(&header.config),
         global,
-        bytes: total as u64,
+        bytes: total,
     })
 }
 
@@ -260,28 +257,21 @@ pub fn update_messages(
     bytes: Bytes,
     max_chunk: usize,
 ) -> Vec<proto::UpdateMessage> {
-    let max_chunk = max_chunk.max(1);
-    let total = bytes.len();
-    let first = total.min(max_chunk);
-    let mut out = vec![proto::UpdateMessage {
-        body: Some(update_message::Body::Header(proto::UpdateHeader {
-            round,
-            num_examples,
-            metrics,
-            total_len: total as u64,
-            sha256: Bytes::copy_from_slice(&Sha256::digest(&bytes)),
-            inline: bytes.slice(..first),
-        })),
-    }];
-    let mut at = first;
-    while at < total {
-        let end = (at + max_chunk).min(total);
-        out.push(proto::UpdateMessage {
-            body: Some(update_message::Body::Chunk(bytes.slice(at..end))),
-        });
-        at = end;
-    }
-    out
+    let total = bytes.len() as u64;
+    let sha256 = transfer::sha256(&bytes);
+    let mut pieces = transfer::split(&bytes, max_chunk);
+    let header = proto::UpdateHeader {
+        round,
+        num_examples,
+        metrics,
+        total_len: total,
+        sha256,
+        inline: pieces.next().unwrap_or_default(),
+    };
+    std::iter::once(update_message::Body::Header(header))
+        .chain(pieces.map(update_message::Body::Chunk))
+        .map(|body| proto::UpdateMessage { body: Some(body) })
+        .collect()
 }
 
 enum Delivery {
@@ -554,7 +544,7 @@ mod tests {
             match (&m.body, i) {
                 (Some(update_message::Body::Header(h)), 0) => {
                     assert_eq!((h.round, h.num_examples, h.total_len), (3, 7, 2500));
-                    assert_eq!(&h.sha256[..], Sha256::digest(&big).as_slice());
+                    assert_eq!(h.sha256, transfer::sha256(&big));
                     joined.extend_from_slice(&h.inline);
                 }
                 (Some(update_message::Body::Chunk(c)), i) if i > 0 => {

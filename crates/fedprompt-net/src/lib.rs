@@ -23,6 +23,7 @@ mod events;
 pub mod proto;
 mod server;
 pub mod tls;
+mod transfer;
 
 pub use client::{
     join, join_async, raw_client, update_messages, BearerAuth, JoinSummary, RawClient,

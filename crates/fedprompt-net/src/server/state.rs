@@ -1,0 +1,207 @@
+//! What the gRPC handlers and the round driver share: the known clients,
+//! the open round and the counters, behind one lock.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fedprompt_fl::{EvalRound, FitRound, Phase};
+use tokio::sync::watch;
+use tonic::Status;
+use tracing::warn;
+
+use super::{RefusalKind, ServerStats};
+use crate::auth::TokenStore;
+use crate::events::{Event, EventSink};
+use crate::proto;
+
+/// The global parameters of the open round, as sent.
+pub(super) struct Payload {
+    pub(super) bytes: Bytes,
+    pub(super) sha256: Bytes,
+}
+
+/// The open round of the federated core.
+pub(super) enum Collector {
+    Fit(FitRound),
+    Eval(EvalRound),
+}
+
+/// `$body` with `$c` bound to the fit or the evaluation round.
+macro_rules! either {
+    ($self:expr, $c:ident => $body:expr) => {
+        match $self {
+            Collector::Fit($c) => $body,
+            Collector::Eval($c) => $body,
+        }
+    };
+}
+
+impl Collector {
+    pub(super) fn phase(&self) -> Phase {
+        match self {
+            Collector::Fit(_) => Phase::Fit,
+            Collector::Eval(_) => Phase::Evaluate,
+        }
+    }
+    pub(super) fn round(&self) -> u64 {
+        either!(self, c => c.plan().round)
+    }
+    pub(super) fn selected(&self) -> &[String] {
+        either!(self, c => &c.plan().clients)
+    }
+    pub(super) fn pending(&self) -> Vec<String> {
+        either!(self, c => c.pending())
+    }
+    pub(super) fn is_complete(&self) -> bool {
+        either!(self, c => c.is_complete())
+    }
+    pub(super) fn record_sent(&mut self, id: &str, bytes: u64) {
+        let _ = either!(self, c => c.record_sent(id, bytes));
+    }
+    pub(super) fn fail(&mut self, id: &str, why: &str) {
+        let _ = either!(self, c => c.fail(id, why));
+    }
+}
+
+/// The open round with what its tasks carry.
+pub(super) struct Current {
+    pub(super) collector: Collector,
+    pub(super) payload: Arc<Payload>,
+    pub(super) config: BTreeMap<String, proto::ConfigValue>,
+    pub(super) deadline: Instant,
+    pub(super) refused: usize,
+}
+
+/// What the server knows of one client.
+#[derive(Default)]
+pub(super) struct ClientInfo {
+    pub(super) last_seen: Option<Instant>,
+    pub(super) polling: usize,
+    pub(super) away: bool,
+    pub(super) told_finished: bool,
+}
+
+/// The mutable state, behind [`Shared::lock`].
+#[derive(Default)]
+pub(super) struct State {
+    pub(super) clients: BTreeMap<String, ClientInfo>,
+    pub(super) current: Option<Current>,
+    pub(super) completed_rounds: u64,
+    pub(super) finished: bool,
+    pub(super) stopping: bool,
+    pub(super) stats: ServerStats,
+}
+
+/// Settings and state shared by the handlers and the driver.
+pub(super) struct Shared {
+    pub(super) tokens: TokenStore,
+    pub(super) state: Mutex<State>,
+    pub(super) epoch: watch::Sender<u64>,
+    pub(super) events: EventSink,
+    pub(super) run_id: String,
+    pub(super) model_spec_json: String,
+    pub(super) total_rounds: u64,
+    pub(super) max_chunk: u64,
+    pub(super) max_update: u64,
+    pub(super) liveness: Duration,
+}
+
+impl Shared {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+        // A handler that panicked cannot leave the state half-written in a
+        // way later code relies on, so a poisoned lock is taken over.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn bump(&self) {
+        self.epoch.send_modify(|e| *e = e.wrapping_add(1));
+    }
+
+    pub(super) fn touch(&self, id: &str) {
+        let mut st = self.lock();
+        let c = st.clients.entry(id.to_string()).or_default();
+        c.last_seen = Some(Instant::now());
+        c.away = false;
+    }
+
+    pub(super) fn available(&self) -> Vec<String> {
+        let now = Instant::now();
+        let st = self.lock();
+        st.clients
+            .iter()
+            .filter(|(_, c)| {
+                c.polling > 0
+                    || (!c.away
+                        && c.last_seen
+                            .is_some_and(|t| now.duration_since(t) < self.liveness))
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    pub(super) fn refuse(&self, id: &str, round: u64, kind: RefusalKind, status: Status) -> Status {
+        warn!(
+            client = id,
+            round,
+            kind = kind.name(),
+            "refused: {}",
+            status.message()
+        );
+        {
+            let mut st = self.lock();
+            *st.stats.refused.entry(kind).or_default() += 1;
+            if let Some(cur) = st.current.as_mut() {
+                cur.refused += 1;
+            }
+        }
+        self.events.emit(Event::Refused {
+            client_id: id.to_string(),
+            round,
+            kind: kind.name().to_string(),
+            code: format!("{:?}", status.code()),
+            reason: status.message().to_string(),
+        });
+        status
+    }
+}
+
+/// Marks a client as polling while a task request is held open.
+pub(super) struct PollGuard<'a> {
+    shared: &'a Shared,
+    id: String,
+    pub(super) done: bool,
+}
+
+impl<'a> PollGuard<'a> {
+    pub(super) fn new(shared: &'a Shared, id: &str) -> Self {
+        {
+            let mut st = shared.lock();
+            let c = st.clients.entry(id.to_string()).or_default();
+            c.polling += 1;
+            c.last_seen = Some(Instant::now());
+            c.away = false;
+        }
+        shared.bump();
+        Self {
+            shared,
+            id: id.to_string(),
+            done: false,
+        }
+    }
+}
+
+impl Drop for PollGuard<'_> {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        if let Some(c) = st.clients.get_mut(&self.id) {
+            c.polling = c.polling.saturating_sub(1);
+            c.last_seen = Some(Instant::now());
+            if !self.done {
+                // The client hung up while waiting: do not sample it until it is back.
+                c.away = true;
+            }
+        }
+    }
+}
