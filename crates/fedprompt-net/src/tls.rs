@@ -129,3 +129,38 @@ pub fn client_config(cfg: &ClientTlsConfig) -> Result<tonic::transport::ClientTl
     }
     Ok(out)
 }
+
+/// The client identities a certificate names: its subject common names and
+/// DNS subject alternative names (devcerts puts the client id in the CN).
+pub(crate) fn certificate_names(der: &[u8]) -> Result<Vec<String>> {
+    let bad = |e: &dyn std::fmt::Display| NetError::Tls(format!("client certificate: {e}"));
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| bad(&e))?;
+    let mut names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_string))
+        .collect();
+    if let Some(san) = cert.subject_alternative_name().map_err(|e| bad(&e))? {
+        names.extend(san.value.general_names.iter().filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+            _ => None,
+        }));
+    }
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_names_are_the_cn_and_dns_names() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["sw".to_string()]).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "swahili");
+        let cert = p.self_signed(&key).unwrap();
+        assert_eq!(certificate_names(cert.der()).unwrap(), ["swahili", "sw"]);
+        assert!(certificate_names(b"not a certificate").is_err());
+    }
+}

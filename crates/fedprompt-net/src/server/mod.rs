@@ -320,21 +320,52 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer> {
     })
 }
 
-/// Runs a federation to the end (or until Ctrl-C) on a fresh Tokio runtime.
+/// Runs a federation to the end on a fresh Tokio runtime. Ctrl-C and, on
+/// Unix, SIGTERM stop it as [`StopHandle::stop`] does: the last checkpoint
+/// is kept for `resume`, and the summary is returned.
 pub fn serve(cfg: ServeConfig) -> Result<ServeSummary> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| NetError::Transport(format!("cannot start the runtime: {e}")))?;
     rt.block_on(async {
+        // Installed before the server listens, so no stop request is lost.
+        let signal = stop_signal();
         let running = start(cfg).await?;
         let stop = running.stop_handle();
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                warn!("interrupted: stopping; the last checkpoint is kept for --resume");
+            if let Some(name) = signal.await {
+                warn!("{name}: stopping; the last checkpoint is kept for --resume");
                 stop.stop();
             }
         });
         running.wait().await
     })
+}
+
+/// Resolves with a name for the signal when the process is asked to stop
+/// (Ctrl-C, or SIGTERM on Unix); the handlers are installed by the call.
+fn stop_signal() -> impl std::future::Future<Output = Option<&'static str>> + Send {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let handler = |kind: SignalKind, name: &str| {
+            signal(kind)
+                .inspect_err(|e| warn!("cannot handle {name}: {e}"))
+                .ok()
+        };
+        let mut int = handler(SignalKind::interrupt(), "Ctrl-C");
+        let mut term = handler(SignalKind::terminate(), "SIGTERM");
+        async move {
+            tokio::select! {
+                Some(()) = async { int.as_mut()?.recv().await } => Some("interrupted"),
+                Some(()) = async { term.as_mut()?.recv().await } => Some("SIGTERM"),
+                else => None,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        async { tokio::signal::ctrl_c().await.ok().map(|()| "interrupted") }
+    }
 }

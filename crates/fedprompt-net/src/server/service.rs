@@ -31,6 +31,29 @@ fn peer_of<T>(req: &Request<T>) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// With mutual TLS, the token names the client and the client certificate
+/// (subject CN or a DNS name) must name the same one.
+fn certificate_agrees<T>(req: &Request<T>, id: &str) -> std::result::Result<(), String> {
+    let certs = req.peer_certs();
+    let Some(leaf) = certs.as_ref().and_then(|c| c.first()) else {
+        return Ok(());
+    };
+    let names = crate::tls::certificate_names(leaf)
+        .map_err(|e| format!("the token is client `{id}`'s but {e}"))?;
+    if names.iter().any(|n| n == id) {
+        return Ok(());
+    }
+    let cert = if names.is_empty() {
+        "names no client (no subject CN or DNS name)".to_string()
+    } else {
+        format!("is client `{}`'s", names.join("`, `"))
+    };
+    Err(format!(
+        "the client certificate {cert} but the token is client `{id}`'s: \
+         connect with `{id}`'s certificate and key, or with the token of the certificate's client"
+    ))
+}
+
 fn check_metrics(m: &Metrics) -> std::result::Result<(), String> {
     if m.len() > MAX_METRICS {
         return Err(format!("{} metrics, at most {MAX_METRICS}", m.len()));
@@ -64,24 +87,30 @@ impl Service {
             .and_then(|v| v.to_str().ok())
             .and_then(|s| s.strip_prefix("Bearer "))
             .map(str::trim);
-        if let Some(id) = token.and_then(|t| self.shared.tokens.verify(t)) {
-            return Ok(id.to_string());
-        }
-        let peer = peer_of(req);
-        let reason = if token.is_none() {
-            "missing bearer token"
-        } else {
-            "unknown token"
+        let refuse = |reason: String, status: Status| {
+            let peer = peer_of(req);
+            warn!(peer = %peer, "refused a call: {reason}");
+            self.shared.lock().stats.auth_refused += 1;
+            self.shared.events.emit(Event::AuthRefused { peer, reason });
+            status
         };
-        warn!(peer = %peer, "refused a call: {reason}");
-        self.shared.lock().stats.auth_refused += 1;
-        self.shared.events.emit(Event::AuthRefused {
-            peer,
-            reason: reason.into(),
-        });
-        Err(Status::unauthenticated(
-            "invalid or missing token: use the token the coordinator gave you",
-        ))
+        let Some(id) = token.and_then(|t| self.shared.tokens.verify(t)) else {
+            let reason = if token.is_none() {
+                "missing bearer token"
+            } else {
+                "unknown token"
+            };
+            return Err(refuse(
+                reason.into(),
+                Status::unauthenticated(
+                    "invalid or missing token: use the token the coordinator gave you",
+                ),
+            ));
+        };
+        if let Err(why) = certificate_agrees(req, id) {
+            return Err(refuse(why.clone(), Status::permission_denied(why)));
+        }
+        Ok(id.to_string())
     }
 
     /// Checks that `id` may answer `round` in `phase` now.
