@@ -6,6 +6,9 @@
 //! - `evaluate`: evaluates the arrays on local data; replies with a MetricRecord `"metrics"`
 //!   with `num-examples`, `accuracy` and `loss`.
 //! - `query` and anything else: an error reply saying it is not supported.
+//! - a message whose arrays hold no `classifier.*` (every fedprompt trainable set has its
+//!   classification head): an error reply saying the ServerApp does not look like a fedprompt
+//!   app, with what it sent (see [`describe`]); the node logs the reply.
 //!
 //! The model description (PEFT method, labels, maximum length) comes with the message, as
 //! the JSON string `fedprompt-spec` of the ConfigRecord, or from the node's own settings.
@@ -133,6 +136,50 @@ fn metric_record(items: &[(&str, Mv)]) -> proto::MetricRecord {
     }
 }
 
+/// What a message carries, for error replies and logs: its type, its records, the first
+/// arrays' names and shapes, and its config keys.
+pub fn describe(message: &Message) -> String {
+    let kind = &message.metadata.message_type;
+    let Some(content) = message.content.as_ref() else {
+        return format!("a `{kind}` message without content");
+    };
+    let arrays = match content.arrays() {
+        None => "no ArrayRecord".to_string(),
+        Some((name, a)) => {
+            const SHOWN: usize = 5;
+            let mut list: Vec<String> =
+                a.0.iter()
+                    .take(SHOWN)
+                    .map(|(n, arr)| format!("`{n}` {:?}", arr.shape))
+                    .collect();
+            if a.0.len() > SHOWN {
+                list.push(format!("{} more", a.0.len() - SHOWN));
+            }
+            format!(
+                "ArrayRecord `{name}` with {} array{} ({})",
+                a.0.len(),
+                if a.0.len() == 1 { "" } else { "s" },
+                list.join(", ")
+            )
+        }
+    };
+    let mut keys: Vec<&str> = content.config().iter().map(|i| i.key.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let config = if keys.is_empty() {
+        "no config keys".to_string()
+    } else {
+        format!(
+            "config keys {}",
+            keys.iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    format!("a `{kind}` message with {arrays} and {config}")
+}
+
 fn fail(msg: impl Into<String>) -> (i64, String) {
     (
         CLIENT_APP_RAISED_EXCEPTION,
@@ -159,6 +206,18 @@ impl<T: LocalTrainer> MessageHandler for FedpromptApp<T> {
             .as_ref()
             .ok_or_else(|| fail("the message has no content"))?;
         let (config, spec_json) = client_config(&content.config());
+        // fedprompt's trainable set always holds its classification head (`classifier.*`);
+        // arrays without one come from a ServerApp that is not fedprompt's.
+        let fedprompt_arrays = content
+            .arrays()
+            .is_some_and(|(_, a)| a.0.iter().any(|(n, _)| n.starts_with("classifier.")));
+        if !fedprompt_arrays {
+            let reason = format!(
+                "the ServerApp does not look like a fedprompt app: it sent {}, and fedprompt's trainable set always holds `classifier.*` arrays. This node only answers a fedprompt ServerApp (such as interop/flower/fedprompt_app) whose arrays are the trainable set under fedprompt's names",
+                describe(message)
+            );
+            return Err(fail(reason));
+        }
         let spec = match spec_json {
             Some(s) => Some(serde_json::from_str::<ModelSpec>(&s).map_err(|e| {
                 fail(format!(
@@ -169,7 +228,8 @@ impl<T: LocalTrainer> MessageHandler for FedpromptApp<T> {
         };
         let spec = spec.ok_or_else(|| {
             fail(format!(
-                "no model description: send `{SPEC_KEY}` in the ConfigRecord or start the node with `--spec`"
+                "no model description: the ServerApp sent fedprompt's arrays but no `{SPEC_KEY}` in the ConfigRecord ({}); make it send one, or start the node with `--spec`",
+                describe(message)
             ))
         })?;
         let (_, arrays) = content

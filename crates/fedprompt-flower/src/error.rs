@@ -16,13 +16,16 @@ pub enum FlowerError {
         /// The transport's explanation.
         msg: String,
     },
-    /// The TLS handshake failed (certificate not trusted, wrong name, no TLS on the server).
-    #[error("TLS with the SuperLink at {url} failed: {msg}. Check `--root-certificates` (the CA that signed the SuperLink's certificate) and that the address is a name or IP in that certificate; against a SuperLink started with `--insecure`, use `--insecure`")]
+    /// The TLS handshake failed for good (certificate not trusted, wrong name, no TLS on the
+    /// server); never retried.
+    #[error("TLS with the SuperLink at {url} failed: {msg}. {fix}")]
     Tls {
         /// The URL called.
         url: String,
         /// The TLS library's explanation.
         msg: String,
+        /// What to change.
+        fix: String,
     },
     /// The SuperLink answered a call with an error status.
     #[error("the SuperLink refused `{rpc}` (HTTP {status}{code}): {detail}", code = .code.map(|c| format!(", Flower error {c}")).unwrap_or_default())]

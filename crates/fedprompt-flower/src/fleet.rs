@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use fedprompt_io::error_chain;
+use fedprompt_io::tls_failure::{tls_failure, TlsFailure, TlsFailureKind};
 
 use crate::auth::NodeKey;
 use crate::error::{FlowerError, Result};
@@ -124,6 +125,18 @@ impl FleetClient {
         &self.base
     }
 
+    /// What to change after a permanent TLS failure.
+    fn tls_fix(&self, f: &TlsFailure) -> String {
+        match f.kind {
+            TlsFailureKind::NotTls => "The SuperLink does not speak TLS on this port (was it started with `--insecure`?): start the node with `--insecure` (plain HTTP, development only), or give the SuperLink a certificate".into(),
+            TlsFailureKind::UntrustedCertificate => "The SuperLink's certificate is not signed by a CA this node trusts: pass the CA certificate that signed it with `--root-certificates`".into(),
+            TlsFailureKind::WrongName => format!("The SuperLink's certificate does not name the host of {}: use an address that is a name or IP in that certificate", self.base),
+            TlsFailureKind::BadCertificate => "The SuperLink's certificate is unusable (expired, not yet valid, revoked, or not a server certificate): the SuperLink's operator must renew it; check this machine's clock".into(),
+            TlsFailureKind::RefusedByPeer => "The server ended the TLS handshake: check that this address is the SuperLink's Fleet API (a SuperLink does not ask nodes for certificates)".into(),
+            TlsFailureKind::Incompatible => "The node and the server share no TLS version or cipher suite (TLS 1.2 or 1.3 with a modern cipher is needed), or the server is not a SuperLink".into(),
+        }
+    }
+
     async fn call<Req, Resp>(
         &self,
         rpc: &'static str,
@@ -150,28 +163,17 @@ impl FleetClient {
         if let Some(t) = timeout {
             rb = rb.timeout(t);
         }
-        let resp = rb.send().await.map_err(|e| {
-            let msg = error_chain(&e);
+        let resp = rb.send().await.map_err(|e| match tls_failure(&e) {
             // Certificate and handshake failures do not heal by retrying.
-            let tls = [
-                "certificate",
-                "InvalidMessage",
-                "CorruptMessage",
-                "handshake",
-            ]
-            .iter()
-            .any(|k| msg.contains(k));
-            if tls {
-                FlowerError::Tls {
-                    url: url.clone(),
-                    msg,
-                }
-            } else {
-                FlowerError::Connect {
-                    url: url.clone(),
-                    msg,
-                }
-            }
+            Some(f) => FlowerError::Tls {
+                url: url.clone(),
+                msg: f.detail.clone(),
+                fix: self.tls_fix(&f),
+            },
+            None => FlowerError::Connect {
+                url: url.clone(),
+                msg: error_chain(&e),
+            },
         })?;
         if let Some(msg) = resp
             .headers()

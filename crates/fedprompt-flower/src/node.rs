@@ -396,8 +396,49 @@ async fn serve(
     Ok(())
 }
 
-/// Runs a node on its own Tokio runtime until Ctrl-C (the first one lets the node finish the
-/// message at hand and leave cleanly; a second one exits at once).
+/// Ctrl-C and (on unix) SIGTERM, the stop signals of a terminal, systemd, docker and Flower's
+/// scripts.
+struct StopSignals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    /// Installs the handlers (from then on these signals no longer kill the process).
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let term = signal(SignalKind::terminate())
+                .map_err(|e| tracing::warn!("cannot catch SIGTERM: {e}"))
+                .ok();
+            Self { term }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// The next signal: its name and the exit status of a process it kills (128 + number).
+    async fn next(&mut self) -> (&'static str, i32) {
+        let ctrl_c = async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        #[cfg(unix)]
+        if let Some(term) = self.term.as_mut() {
+            return tokio::select! {
+                () = ctrl_c => ("Ctrl-C", 130),
+                _ = term.recv() => ("SIGTERM", 143),
+            };
+        }
+        ctrl_c.await;
+        ("Ctrl-C", 130)
+    }
+}
+
+/// Runs a node on its own Tokio runtime until Ctrl-C or SIGTERM (the first one lets the node
+/// finish the message at hand and leave cleanly; a second one exits at once).
 pub fn run_blocking(cfg: &NodeConfig, handler: &mut dyn MessageHandler) -> Result<NodeSummary> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -406,16 +447,15 @@ pub fn run_blocking(cfg: &NodeConfig, handler: &mut dyn MessageHandler) -> Resul
         .map_err(|e| FlowerError::Config(format!("cannot start the async runtime: {e}")))?;
     rt.block_on(async {
         let stop = Arc::new(AtomicBool::new(false));
+        let mut signals = StopSignals::install();
         {
             let stop = stop.clone();
             tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    tracing::warn!("Ctrl-C: finishing the message at hand, then leaving the federation (Ctrl-C again to quit now)");
-                    stop.store(true, Ordering::SeqCst);
-                    if tokio::signal::ctrl_c().await.is_ok() {
-                        std::process::exit(130);
-                    }
-                }
+                let (name, _) = signals.next().await;
+                tracing::warn!("{name}: finishing the message at hand, then leaving the federation ({name} again to quit now)");
+                stop.store(true, Ordering::SeqCst);
+                let (_, status) = signals.next().await;
+                std::process::exit(status);
             });
         }
         run(cfg, handler, stop).await

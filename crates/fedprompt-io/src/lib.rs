@@ -6,8 +6,12 @@
 //!   the target, and the folder fsynced so the rename itself is durable. The temporary file is
 //!   removed when the write fails (the `tempfile` crate's `persist`).
 //! - [`error_chain`]: an error with all its sources on one line, for messages to users.
+//! - [`tls_failure`]: which TLS failures are permanent (wrong CA, plain HTTP, refused
+//!   certificate...), for clients that must not retry them.
 
 #![warn(missing_docs)]
+
+pub mod tls_failure;
 
 use std::io::Write as _;
 use std::path::Path;

@@ -62,7 +62,7 @@ fn endpoint(cfg: &JoinConfig) -> Result<Endpoint> {
         .keep_alive_while_idle(true);
     if cfg.server.starts_with("https://") {
         ep.tls_config(crate::tls::client_config(&cfg.tls)?)
-            .map_err(|e| NetError::Tls(e.to_string()))
+            .map_err(|e| NetError::Tls(crate::error::error_chain(&e)))
     } else {
         Ok(ep)
     }
@@ -73,6 +73,9 @@ pub async fn raw_client(cfg: &JoinConfig) -> Result<RawClient> {
     cfg.validate()?;
     let ep = endpoint(cfg)?;
     let channel = ep.connect().await.map_err(|e| {
+        if let Some(f) = crate::tls::tls_failure(&e) {
+            return crate::tls::client_error(&cfg.server, &cfg.tls, &f);
+        }
         let mut msg = format!(
             "cannot connect to {}: {}",
             cfg.server,
@@ -109,6 +112,8 @@ pub struct JoinSummary {
     pub bytes_down: u64,
     /// Whether the server said the run is over.
     pub finished: bool,
+    /// What stopped the client before the end (`Ctrl-C`, `SIGTERM`), if anything did.
+    pub stopped: Option<String>,
 }
 
 enum Failure {
@@ -129,6 +134,38 @@ fn classify(what: &str, s: &Status) -> Failure {
     }
 }
 
+/// A failed registration: a TLS failure that surfaced only now (a server refusing our client
+/// certificate says so after the handshake, and HTTP/2 keeps only the text of that error), a
+/// plaintext URL for a TLS server, or [`classify`].
+async fn register_failure(cfg: &JoinConfig, st: &Status) -> Failure {
+    if let Some(f) = crate::tls::tls_failure(st) {
+        return Failure::Fatal(crate::tls::client_error(&cfg.server, &cfg.tls, &f));
+    }
+    // A status with a source is a local transport failure, not the server's answer: ask the
+    // server directly what it makes of our TLS.
+    if std::error::Error::source(st).is_none() {
+        return classify("register", st);
+    }
+    let Ok(ep) = Endpoint::from_shared(cfg.server.clone()) else {
+        return classify("register", st);
+    };
+    let host = ep.uri().host().unwrap_or("");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if cfg.server.starts_with("https://") {
+        let port = ep.uri().port_u16().unwrap_or(443);
+        if let Some(f) = crate::tls::handshake_refusal(host, port, &cfg.tls).await {
+            return Failure::Fatal(crate::tls::client_error(&cfg.server, &cfg.tls, &f));
+        }
+    } else if crate::tls::speaks_tls(host, ep.uri().port_u16().unwrap_or(80)).await {
+        return Failure::Fatal(NetError::Tls(format!(
+            "{} speaks TLS, and this client spoke plaintext to it: use {}",
+            cfg.server,
+            cfg.server.replacen("http://", "https://", 1)
+        )));
+    }
+    classify("register", st)
+}
+
 struct Session {
     client: RawClient,
     reg: proto::RegisterReply,
@@ -146,9 +183,11 @@ async fn connect(cfg: &JoinConfig) -> std::result::Result<Session, Failure> {
             protocol_version: PROTOCOL_VERSION,
             agent: format!("fedprompt-net {}", env!("CARGO_PKG_VERSION")),
         })
-        .await
-        .map_err(|s| classify("register", &s))?
-        .into_inner();
+        .await;
+    let reg = match reg {
+        Ok(r) => r.into_inner(),
+        Err(st) => return Err(register_failure(cfg, &st).await),
+    };
     let spec = if reg.model_spec_json.is_empty() {
         None
     } else {
@@ -380,20 +419,65 @@ fn run_blocking<R>(f: impl FnOnce() -> R) -> R {
 ///
 /// Only the trainer's returned parameters, example counts and metrics leave
 /// this machine. Transport failures are retried with backoff; a refused
-/// token, an unsupported protocol or a failing trainer end the run.
+/// token, an unsupported protocol, a permanent TLS failure or a failing
+/// trainer end the run.
 pub async fn join_async<T: LocalTrainer + ?Sized>(
     cfg: JoinConfig,
     trainer: &mut T,
 ) -> Result<JoinSummary> {
+    join_until(cfg, trainer, std::future::pending()).await
+}
+
+/// [`join_async`] until `stop` resolves with a reason: then the task at hand is abandoned
+/// (a local training step already running finishes first), the server is told that this
+/// client leaves, and the summary is returned with [`JoinSummary::stopped`] set.
+async fn join_until<T: LocalTrainer + ?Sized>(
+    cfg: JoinConfig,
+    trainer: &mut T,
+    stop: impl std::future::Future<Output = String>,
+) -> Result<JoinSummary> {
     cfg.validate()?;
-    let wait = secs("poll_wait_s", cfg.poll_wait_s)?;
-    let mut backoff = Backoff::new(&cfg)?;
     let mut summary = JoinSummary::default();
     let mut session: Option<Session> = None;
+    let outcome = tokio::select! {
+        r = join_loop(&cfg, trainer, &mut summary, &mut session) => Ok(r),
+        why = stop => Err(why),
+    };
+    let why = match outcome {
+        Ok(r) => return r.map(|()| summary),
+        Err(why) => why,
+    };
+    if let Some(s) = session.as_mut() {
+        let mut req = Request::new(proto::LeaveRequest {
+            reason: format!("stopped ({why})"),
+        });
+        req.set_timeout(Duration::from_secs(5));
+        match s.client.leave(req).await {
+            Ok(_) => info!("{why}: left the federation"),
+            Err(st) => warn!(
+                "{why}: could not tell the server that we leave: {}",
+                st.message()
+            ),
+        }
+    } else {
+        info!("{why}: stopped while not connected");
+    }
+    summary.stopped = Some(why);
+    Ok(summary)
+}
+
+async fn join_loop<T: LocalTrainer + ?Sized>(
+    cfg: &JoinConfig,
+    trainer: &mut T,
+    summary: &mut JoinSummary,
+    session: &mut Option<Session>,
+) -> Result<()> {
+    let wait = secs("poll_wait_s", cfg.poll_wait_s)?;
+    let mut backoff = Backoff::new(cfg)?;
     let mut pending: Option<(Outgoing, u32)> = None;
     loop {
         if session.is_none() {
-            match connect(&cfg).await {
+            match connect(cfg).await {
                 Ok(s) => {
                     if summary.client_id.is_empty() {
                         info!(
@@ -409,7 +493,7 @@ pub async fn join_async<T: LocalTrainer + ?Sized>(
                     }
                     summary.client_id = s.reg.client_id.clone();
                     backoff.reset();
-                    session = Some(s);
+                    *session = Some(s);
                 }
                 Err(Failure::Fatal(e)) => return Err(e),
                 Err(Failure::Retry(m)) => {
@@ -444,7 +528,7 @@ pub async fn join_async<T: LocalTrainer + ?Sized>(
                     if tries < 3 {
                         pending = Some((out, tries + 1));
                     }
-                    session = None;
+                    *session = None;
                     backoff.wait(&m).await?;
                 }
             }
@@ -453,7 +537,7 @@ pub async fn join_async<T: LocalTrainer + ?Sized>(
         match get_task(s, wait).await {
             Err(Failure::Fatal(e)) => return Err(e),
             Err(Failure::Retry(m)) => {
-                session = None;
+                *session = None;
                 backoff.wait(&m).await?;
             }
             Ok(Received::Wait(ms)) => {
@@ -464,7 +548,7 @@ pub async fn join_async<T: LocalTrainer + ?Sized>(
             Ok(Received::Finished) => {
                 info!("the server says the run is over");
                 summary.finished = true;
-                return Ok(summary);
+                return Ok(());
             }
             Ok(Received::Work {
                 kind,
@@ -518,14 +602,74 @@ pub async fn join_async<T: LocalTrainer + ?Sized>(
     }
 }
 
-/// [`join_async`] on a fresh Tokio runtime (the trainer runs on this thread).
+/// [`join_async`] on a fresh Tokio runtime (the trainer runs on this thread) until the run
+/// ends or Ctrl-C or (on unix) SIGTERM: the first one abandons the task at hand (after a
+/// training step already running), tells the server that this client leaves, and returns
+/// the summary; a second one exits at once.
 pub fn join(cfg: JoinConfig, trainer: &mut dyn LocalTrainer) -> Result<JoinSummary> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .map_err(|e| NetError::Transport(format!("cannot start the runtime: {e}")))?;
-    rt.block_on(join_async(cfg, trainer))
+    rt.block_on(async {
+        let mut signals = StopSignals::install();
+        let (tx, rx) = tokio::sync::oneshot::channel::<String>();
+        tokio::spawn(async move {
+            let (name, _) = signals.next().await;
+            warn!("{name}: leaving the federation ({name} again to quit now)");
+            let _ = tx.send(name.to_string());
+            let (_, status) = signals.next().await;
+            std::process::exit(status);
+        });
+        let stop = async move {
+            match rx.await {
+                Ok(why) => why,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        join_until(cfg, trainer, stop).await
+    })
+}
+
+/// Ctrl-C and (on unix) SIGTERM, the stop signals of a terminal, systemd and docker.
+struct StopSignals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    /// Installs the handlers (from then on these signals no longer kill the process).
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let term = signal(SignalKind::terminate())
+                .map_err(|e| warn!("cannot catch SIGTERM: {e}"))
+                .ok();
+            Self { term }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// The next signal: its name and the exit status of a process it kills (128 + number).
+    async fn next(&mut self) -> (&'static str, i32) {
+        let ctrl_c = async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        #[cfg(unix)]
+        if let Some(term) = self.term.as_mut() {
+            return tokio::select! {
+                () = ctrl_c => ("Ctrl-C", 130),
+                _ = term.recv() => ("SIGTERM", 143),
+            };
+        }
+        ctrl_c.await;
+        ("Ctrl-C", 130)
+    }
 }
 
 #[cfg(test)]

@@ -51,18 +51,67 @@ fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).map_err(NetError::io(path))
 }
 
-/// Writes development credentials for `clients` into `dir` (created if needed).
-/// `extra_hosts` adds DNS names or IP addresses to the server certificate.
+/// Writes a secret (private key, token) readable by its owner only: created with mode 0600
+/// on unix, never widened by a umask or an older file's mode.
+pub(crate) fn write_secret(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write as _;
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(NetError::io(path)(e)),
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(NetError::io(path))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(NetError::io(path))
+}
+
+/// Writes development credentials for `clients` into `dir` (created if needed; an existing
+/// folder must be empty).
 pub fn generate(dir: &Path, clients: &[&str]) -> Result<DevCerts> {
     generate_with_hosts(dir, clients, &[])
 }
 
-/// [`generate`] with extra server names (e.g. the coordinator's host name).
+/// [`generate`] with extra server names (e.g. the coordinator's host name): DNS names or IP
+/// addresses added to the server certificate.
 pub fn generate_with_hosts(dir: &Path, clients: &[&str], extra_hosts: &[&str]) -> Result<DevCerts> {
+    generate_into(dir, clients, extra_hosts, false)
+}
+
+/// [`generate_with_hosts`]; with `force`, also into a folder that is not empty (its files of
+/// the same names are replaced, others left alone).
+///
+/// Private keys and token files are created readable by their owner only (mode 0600).
+pub fn generate_into(
+    dir: &Path,
+    clients: &[&str],
+    extra_hosts: &[&str],
+    force: bool,
+) -> Result<DevCerts> {
     for c in clients {
         validate_client_id(c)?;
     }
-    std::fs::create_dir_all(dir).map_err(NetError::io(dir))?;
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if !force && entries.next().is_some() {
+                return Err(NetError::Config(format!(
+                    "`{}` is not empty: give a new folder, or force replacing the credentials in it (`fedprompt devcerts --force`)",
+                    dir.display()
+                )));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(NetError::io(dir))?;
+        }
+        Err(e) => return Err(NetError::io(dir)(e)),
+    }
 
     let ca_key = KeyPair::generate().map_err(cg)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(cg)?;
@@ -96,7 +145,7 @@ pub fn generate_with_hosts(dir: &Path, clients: &[&str], extra_hosts: &[&str]) -
     };
     write(&out.ca_cert, &ca_cert.pem())?;
     write(&out.server_cert, &server_cert.pem())?;
-    write(&out.server_key, &server_key.serialize_pem())?;
+    write_secret(&out.server_key, &server_key.serialize_pem())?;
 
     let mut out = out;
     let mut tokens = TokensFile::default();
@@ -114,8 +163,8 @@ pub fn generate_with_hosts(dir: &Path, clients: &[&str], extra_hosts: &[&str]) -
             token: token.clone(),
         };
         write(&client.cert, &cert.pem())?;
-        write(&client.key, &key.serialize_pem())?;
-        write(&client.token_file, &format!("{token}\n"))?;
+        write_secret(&client.key, &key.serialize_pem())?;
+        write_secret(&client.token_file, &format!("{token}\n"))?;
         tokens.clients.insert(c.to_string(), hash_token(&token));
         out.clients.insert(c.to_string(), client);
     }

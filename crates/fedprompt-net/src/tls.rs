@@ -1,5 +1,6 @@
 //! TLS settings: a rustls server configuration (optionally requiring client
 //! certificates) and the matching tonic client configuration. Crypto: `ring`.
+//! [`tls_failure`] (from `fedprompt-io`) tells the TLS failures that retrying cannot heal.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::error::{NetError, Result};
+pub use fedprompt_io::tls_failure::{tls_failure, TlsFailure, TlsFailureKind};
 
 /// Server side: certificate chain, key, and optionally the CA that signs client certificates.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -113,8 +115,7 @@ pub fn client_config(cfg: &ClientTlsConfig) -> Result<tonic::transport::ClientTl
     };
     match (&cfg.cert, &cfg.key) {
         (Some(c), Some(k)) => {
-            certs(c)?;
-            key(k)?;
+            check_pair(c, certs(c)?, k, key(k)?)?;
             out = out.identity(tonic::transport::Identity::from_pem(read(c)?, read(k)?));
         }
         (None, None) => {}
@@ -147,6 +148,260 @@ pub(crate) fn certificate_names(der: &[u8]) -> Result<Vec<String>> {
         }));
     }
     Ok(names)
+}
+
+/// Checks that `key` is a usable private key and the one of `chain`'s leaf certificate.
+fn check_pair(
+    cert_path: &Path,
+    chain: Vec<CertificateDer<'static>>,
+    key_path: &Path,
+    key: PrivateKeyDer<'static>,
+) -> Result<()> {
+    let provider = rustls::crypto::ring::default_provider();
+    let signing = provider.key_provider.load_private_key(key).map_err(|e| {
+        NetError::Tls(format!(
+            "`{}`: not a usable private key ({e}); --key takes the PEM key of --cert",
+            key_path.display()
+        ))
+    })?;
+    match rustls::sign::CertifiedKey::new(chain, signing).keys_match() {
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            Err(NetError::Tls(format!(
+                "the key `{}` does not belong to the certificate `{}`: --key must be the private key of --cert",
+                key_path.display(),
+                cert_path.display()
+            )))
+        }
+        // Ok, or a key whose public half cannot be derived to compare: the handshake decides.
+        _ => Ok(()),
+    }
+}
+
+/// A join client's error for a permanent TLS failure talking to `server`: the cause and the fix.
+pub(crate) fn client_error(server: &str, tls: &ClientTlsConfig, f: &TlsFailure) -> NetError {
+    let d = &f.detail;
+    let msg = match f.kind {
+        TlsFailureKind::NotTls => format!(
+            "{server} does not speak TLS ({d}): if that server runs without TLS (allow_plaintext), use {}",
+            server.replacen("https://", "http://", 1)
+        ),
+        TlsFailureKind::UntrustedCertificate => match &tls.ca_cert {
+            Some(ca) => format!(
+                "the certificate of {server} is not signed by `{}` ({d}): --ca-cert must be the coordinator's CA certificate (its ca.pem)",
+                ca.display()
+            ),
+            None => format!(
+                "the certificate of {server} is not signed by a public CA ({d}): for a private CA pass its certificate with --ca-cert"
+            ),
+        },
+        TlsFailureKind::WrongName => format!(
+            "the certificate of {server} does not name {} ({d}): use a host name the certificate lists in --server",
+            tls.domain.as_deref().unwrap_or("that host")
+        ),
+        TlsFailureKind::BadCertificate => format!(
+            "the certificate of {server} is unusable ({d}): expired, not yet valid or not a server certificate; ask the coordinator, and check this machine's clock"
+        ),
+        TlsFailureKind::RefusedByPeer => match &tls.cert {
+            None => format!(
+                "{server} refused the TLS handshake ({d}): it requires a client certificate (mutual TLS); pass --cert and --key"
+            ),
+            Some(c) => format!(
+                "{server} did not accept the client certificate `{}` ({d}): it must be signed by the CA the server trusts for clients (its client_ca)",
+                c.display()
+            ),
+        },
+        TlsFailureKind::Incompatible => format!(
+            "no TLS with {server} ({d}): the two sides share no TLS version, cipher suite or protocol (is it a fedprompt server?)"
+        ),
+    };
+    NetError::Tls(msg)
+}
+
+/// Whether `host:port` answers a TLS handshake (its ServerHello and certificate arrive). For a
+/// plaintext client whose first call broke: a TLS server only looks like broken HTTP/2 to it.
+/// Nothing is sent but a ClientHello; the certificate is refused unread.
+pub(crate) async fn speaks_tls(host: &str, port: u16) -> bool {
+    use std::time::Duration;
+    let Ok(name) = rustls::pki_types::ServerName::try_from(host.to_string()) else {
+        return false;
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let Ok(builder) = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+    else {
+        return false;
+    };
+    let config = builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(RefuseEveryCertificate(provider)))
+        .with_no_client_auth();
+    let probe = async {
+        let tcp = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        let r = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await;
+        Some(match r {
+            Ok(_) => true,
+            Err(e) => tls_failure(&e).is_some_and(|f| f.kind != TlsFailureKind::NotTls),
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(5), probe)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+/// A verifier for [`speaks_tls`]: receiving a certificate is the answer; none is trusted.
+#[derive(Debug)]
+struct RefuseEveryCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for RefuseEveryCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::ApplicationVerificationFailure,
+        ))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::ApplicationVerificationFailure,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::ApplicationVerificationFailure,
+        ))
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The permanent TLS failure of a fresh handshake with `host:port` as `cfg`'s client, waiting
+/// up to 3 s after it for the server's alert (TLS 1.3 servers refuse a client certificate only
+/// after the client has finished its handshake). Nothing is sent but the handshake.
+pub(crate) async fn handshake_refusal(
+    host: &str,
+    port: u16,
+    cfg: &ClientTlsConfig,
+) -> Option<TlsFailure> {
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt as _;
+    let name = cfg.domain.clone().unwrap_or_else(|| host.to_string());
+    let name = rustls::pki_types::ServerName::try_from(name).ok()?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .ok()?;
+    let builder = match &cfg.ca_cert {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in certs(ca).ok()? {
+                roots.add(c).ok()?;
+            }
+            builder.with_root_certificates(roots)
+        }
+        // The web PKI roots are tonic's; the real connection has just verified this server.
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptEveryCertificate(provider))),
+    };
+    let mut config = match (&cfg.cert, &cfg.key) {
+        (Some(c), Some(k)) => builder
+            .with_client_auth_cert(certs(c).ok()?, key(k).ok()?)
+            .ok()?,
+        _ => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let probe = async {
+        let tcp = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        let mut tls = match tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => return tls_failure(&e),
+        };
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(Duration::from_secs(3), tls.read(&mut buf)).await {
+            Ok(Err(e)) => tls_failure(&e),
+            _ => None,
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), probe)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// For [`handshake_refusal`] without a private CA: the question is what the server makes of
+/// this client, and no secret but the handshake's own signature is sent.
+#[derive(Debug)]
+struct AcceptEveryCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptEveryCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 #[cfg(test)]

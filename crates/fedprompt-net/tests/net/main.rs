@@ -3,3 +3,4 @@
 mod config;
 mod federation;
 mod mtls;
+mod tls_errors;
