@@ -6,7 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fedprompt_fl::{ClientConfig, Params, Phase, Server};
+use fedprompt_fl::driver::MAX_AGGREGATION_ATTEMPTS;
+use fedprompt_fl::{
+    run_rounds, ClientConfig, Collected, EvalOutcome, EvalRound, FitRound, FlError, Flow, Params,
+    Phase, RoundClients, RoundOutcome, RunRules, Server,
+};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -199,191 +203,289 @@ fn payload_of(global: &Params) -> Result<Arc<Payload>> {
     Ok(Arc::new(Payload { bytes, sha256: sha }))
 }
 
-/// Runs the rounds until the last one or a stop; then writes the output and lingers.
-pub(super) async fn drive(
-    shared: Arc<Shared>,
-    mut server: Server,
-    cfg: ServeConfig,
-    mut stop: watch::Receiver<bool>,
-) -> Result<ServeSummary> {
-    let resumed_at = server.round();
-    let deadline = secs("round_deadline_s", cfg.round_deadline_s)?;
-    let gather = secs("gather_s", cfg.gather_s)?;
-    let known = shared.tokens.client_ids().len();
-    let policy = server.strategy().policy().clone();
-    let min = policy
-        .min_available_clients
-        .max(policy.min_fit_results)
-        .max(1);
-    let mut outcomes = Vec::new();
-    let mut evaluations = Vec::new();
-    let mut stopped = false;
-    let mut failed_attempts = 0u32;
-    while server.round() < cfg.rounds {
-        let Some(available) = wait_available(&shared, min, known, gather, &mut stop).await else {
-            stopped = true;
-            break;
-        };
-        let fit = match server.begin_fit(&available) {
-            Ok(f) => f,
-            Err(e) => {
-                warn!("round {} cannot start: {e}", server.round() + 1);
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        let round = fit.plan().round;
-        let asked = fit.plan().clients.len();
-        let mut config = cfg.client_config.clone();
-        config.extend(fit.plan().config.clone());
-        info!(
-            "round {round}/{}: training with {asked} of {} connected clients",
-            cfg.rounds,
-            available.len()
-        );
+/// The clients of a gRPC federation as [`fedprompt_fl::run_rounds`] sees them: each phase is
+/// opened for the handlers, waited on until every selected client answered or the deadline,
+/// then closed; the hooks log, emit events and checkpoint. Runs on a blocking thread, entering
+/// the server's runtime for each wait.
+struct NetClients<'a> {
+    rt: tokio::runtime::Handle,
+    shared: &'a Shared,
+    cfg: &'a ServeConfig,
+    stop: watch::Receiver<bool>,
+    known: usize,
+    gather: Duration,
+    deadline: Duration,
+    /// What the phase just closed looked like, for the hooks that report it.
+    last: PhaseReport,
+}
+
+#[derive(Default)]
+struct PhaseReport {
+    asked: usize,
+    late: usize,
+    refused: usize,
+    seconds: f64,
+}
+
+impl NetClients<'_> {
+    fn phase(
+        &mut self,
+        collector: Collector,
+        global: &Params,
+        config: &ClientConfig,
+    ) -> Result<(Collector, bool)> {
+        let asked = collector.selected().len();
         let t0 = Instant::now();
-        let closed = run_phase(
-            &shared,
-            Collector::Fit(fit),
-            payload_of(server.global())?,
-            &config,
-            deadline,
-            &mut stop,
-        )
-        .await?;
-        if closed.stopped {
-            stopped = true;
-            break;
-        }
-        let Collector::Fit(fit) = closed.collector else {
-            return Err(NetError::Transport("round state mixed up".into()));
+        let payload = payload_of(global)?;
+        let closed = self.rt.block_on(run_phase(
+            self.shared,
+            collector,
+            payload,
+            config,
+            self.deadline,
+            &mut self.stop,
+        ))?;
+        self.last = PhaseReport {
+            asked,
+            late: closed.late.len(),
+            refused: closed.refused,
+            seconds: t0.elapsed().as_secs_f64(),
         };
-        let outcome = match server.finish_fit(fit) {
-            Ok(o) => o,
-            Err(e) => {
-                failed_attempts += 1;
-                error!("round {round} could not be aggregated: {e}");
-                if failed_attempts >= 3 {
-                    return Err(e.into());
-                }
-                continue;
-            }
-        };
-        failed_attempts = 0;
-        let metrics_text = outcome
-            .metrics
-            .iter()
-            .map(|(k, v)| format!("{k}={v:.4}"))
-            .collect::<Vec<_>>()
-            .join(" ");
+        Ok((closed.collector, closed.stopped))
+    }
+}
+
+fn metrics_text(metrics: &std::collections::BTreeMap<String, f64>) -> String {
+    metrics
+        .iter()
+        .map(|(k, v)| format!("{k}={v:.4}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl RoundClients for NetClients<'_> {
+    type Error = NetError;
+
+    fn wait_available(&mut self, min: usize) -> Result<Option<Vec<String>>> {
+        Ok(self.rt.block_on(wait_available(
+            self.shared,
+            min,
+            self.known,
+            self.gather,
+            &mut self.stop,
+        )))
+    }
+
+    fn available(&mut self) -> Vec<String> {
+        self.shared.available()
+    }
+
+    fn retry_plan(&mut self, error: &FlError) -> Result<bool> {
+        warn!("the next round cannot start: {error}");
+        self.rt
+            .block_on(tokio::time::sleep(Duration::from_millis(500)));
+        Ok(true)
+    }
+
+    fn fit(
+        &mut self,
+        round: FitRound,
+        global: &Params,
+        config: &ClientConfig,
+    ) -> Result<Collected<FitRound>> {
         info!(
-            "round {round}/{}: asked {asked}, answered {}, accepted {}, late {}, refused {}, up {}, down {}, {}{}{}",
-            cfg.rounds,
-            asked - closed.late.len(),
+            "round {}/{}: training with {} of {} connected clients",
+            round.plan().round,
+            self.cfg.rounds,
+            round.plan().clients.len(),
+            self.shared.available().len()
+        );
+        match self.phase(Collector::Fit(round), global, config)? {
+            (Collector::Fit(round), stopped) => Ok(Collected { round, stopped }),
+            _ => Err(NetError::Transport("round state mixed up".into())),
+        }
+    }
+
+    fn evaluate(
+        &mut self,
+        round: EvalRound,
+        global: &Params,
+        config: &ClientConfig,
+    ) -> Result<Collected<EvalRound>> {
+        match self.phase(Collector::Eval(round), global, config)? {
+            (Collector::Eval(round), stopped) => Ok(Collected { round, stopped }),
+            _ => Err(NetError::Transport("round state mixed up".into())),
+        }
+    }
+
+    fn on_fit(&mut self, _: &Server, outcome: &RoundOutcome) -> Result<()> {
+        let p = &self.last;
+        let metrics = metrics_text(&outcome.metrics);
+        info!(
+            "round {}/{}: asked {}, answered {}, accepted {}, late {}, refused {}, up {}, down {}, {}{}{}",
+            outcome.round,
+            self.cfg.rounds,
+            p.asked,
+            p.asked - p.late,
             outcome.n_ok,
-            closed.late.len(),
-            closed.refused,
+            p.late,
+            p.refused,
             human(outcome.traffic.up),
             human(outcome.traffic.down),
             match &outcome.skipped {
                 None => "aggregated".to_string(),
                 Some(why) => format!("not aggregated ({why})"),
             },
-            if metrics_text.is_empty() { "" } else { ", " },
-            metrics_text
+            if metrics.is_empty() { "" } else { ", " },
+            metrics
         );
-        shared.lock().stats.bytes_up += outcome.traffic.up;
-        shared.events.emit(Event::Round {
-            round,
-            asked,
+        self.shared.lock().stats.bytes_up += outcome.traffic.up;
+        self.shared.events.emit(Event::Round {
+            round: outcome.round,
+            asked: p.asked,
             ok: outcome.n_ok,
-            late: closed.late.len(),
-            refused: closed.refused,
+            late: p.late,
+            refused: p.refused,
             bytes_up: outcome.traffic.up,
             bytes_down: outcome.traffic.down,
             aggregated: outcome.aggregated,
             skipped: outcome.skipped.clone(),
             num_examples: outcome.num_examples,
             metrics: outcome.metrics.clone(),
-            seconds: t0.elapsed().as_secs_f64(),
+            seconds: p.seconds,
         });
-        outcomes.push(outcome);
-
-        if cfg.evaluate_every > 0 && (round % cfg.evaluate_every == 0 || round == cfg.rounds) {
-            let available = shared.available();
-            match server.begin_evaluate(&available) {
-                Err(e) => warn!("evaluation after round {round} skipped: {e}"),
-                Ok(ev) => {
-                    let asked = ev.plan().clients.len();
-                    let mut config = cfg.client_config.clone();
-                    config.extend(ev.plan().config.clone());
-                    let closed = run_phase(
-                        &shared,
-                        Collector::Eval(ev),
-                        payload_of(server.global())?,
-                        &config,
-                        deadline,
-                        &mut stop,
-                    )
-                    .await?;
-                    if closed.stopped {
-                        stopped = true;
-                    } else if let Collector::Eval(ev) = closed.collector {
-                        match server.finish_evaluate(ev) {
-                            Ok(o) => {
-                                match &o.aggregate {
-                                    Some(a) => info!(
-                                        "evaluation after round {round}: {} clients, {} examples, {}",
-                                        a.n_results,
-                                        a.num_examples,
-                                        a.metrics
-                                            .iter()
-                                            .map(|(k, v)| format!("{k}={v:.4}"))
-                                            .collect::<Vec<_>>()
-                                            .join(" ")
-                                    ),
-                                    None => warn!(
-                                        "evaluation after round {round} not aggregated: {}",
-                                        o.skipped.as_deref().unwrap_or("?")
-                                    ),
-                                }
-                                shared.events.emit(Event::Evaluation {
-                                    round,
-                                    asked,
-                                    late: closed.late.len(),
-                                    aggregate: o.aggregate.clone(),
-                                    skipped: o.skipped.clone(),
-                                });
-                                evaluations.push(o);
-                            }
-                            Err(e) => warn!("evaluation after round {round} failed: {e}"),
-                        }
-                    }
-                }
-            }
-        }
-
-        server.state().save_checkpoint(&cfg.checkpoint)?;
-        shared.events.emit(Event::Checkpoint {
-            round,
-            path: cfg.checkpoint.display().to_string(),
-        });
-        shared.lock().completed_rounds = round;
-        if stopped {
-            break;
-        }
+        Ok(())
     }
+
+    fn on_fit_error(&mut self, round: u64, error: &FlError, attempt: u32) {
+        error!(
+            "round {round} could not be aggregated (attempt {attempt} of {MAX_AGGREGATION_ATTEMPTS}): {error}"
+        );
+    }
+
+    fn on_evaluate(
+        &mut self,
+        _: &Server,
+        round: u64,
+        outcome: std::result::Result<&EvalOutcome, &FlError>,
+    ) -> Result<()> {
+        let o = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                warn!("evaluation after round {round} skipped: {e}");
+                return Ok(());
+            }
+        };
+        match &o.aggregate {
+            Some(a) => info!(
+                "evaluation after round {round}: {} clients, {} examples, {}",
+                a.n_results,
+                a.num_examples,
+                metrics_text(&a.metrics)
+            ),
+            None => warn!(
+                "evaluation after round {round} not aggregated: {}",
+                o.skipped.as_deref().unwrap_or("?")
+            ),
+        }
+        self.shared.events.emit(Event::Evaluation {
+            round,
+            asked: self.last.asked,
+            late: self.last.late,
+            aggregate: o.aggregate.clone(),
+            skipped: o.skipped.clone(),
+        });
+        Ok(())
+    }
+
+    fn on_round_end(&mut self, server: &Server) -> Result<Flow> {
+        let round = server.round();
+        server.state().save_checkpoint(&self.cfg.checkpoint)?;
+        self.shared.events.emit(Event::Checkpoint {
+            round,
+            path: self.cfg.checkpoint.display().to_string(),
+        });
+        self.shared.lock().completed_rounds = round;
+        Ok(Flow::Continue)
+    }
+}
+
+/// Runs the rounds until the last one or a stop; then writes the output and lingers.
+pub(super) async fn drive(
+    shared: Arc<Shared>,
+    server: Server,
+    cfg: ServeConfig,
+    stop: watch::Receiver<bool>,
+) -> Result<ServeSummary> {
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || drive_blocking(rt, &shared, server, &cfg, stop))
+        .await
+        .map_err(|e| NetError::Transport(format!("the round driver failed: {e}")))?
+}
+
+/// Seconds a resumed run that is already complete keeps serving, at least, so that clients
+/// in reconnect backoff (at most 10 s apart by default) learn that the run is over.
+const RESUMED_COMPLETE_LINGER: Duration = Duration::from_secs(30);
+
+fn drive_blocking(
+    rt: tokio::runtime::Handle,
+    shared: &Shared,
+    mut server: Server,
+    cfg: &ServeConfig,
+    stop: watch::Receiver<bool>,
+) -> Result<ServeSummary> {
+    let resumed_at = server.round();
+    let mut clients = NetClients {
+        rt: rt.clone(),
+        shared,
+        cfg,
+        stop,
+        known: shared.tokens.client_ids().len(),
+        gather: secs("gather_s", cfg.gather_s)?,
+        deadline: secs("round_deadline_s", cfg.round_deadline_s)?,
+        last: PhaseReport::default(),
+    };
+    let rules = RunRules {
+        rounds: cfg.rounds,
+        evaluate_every: cfg.evaluate_every,
+        client_config: cfg.client_config.clone(),
+    };
+    let linger_for = secs("linger_s", cfg.linger_s)?;
+    let result = run_rounds(&mut server, &mut clients, &rules);
     let completed = server.round();
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            // A failed run is over too: tell the clients instead of leaving them to retry.
+            error!("run failed after {completed} rounds: {e}");
+            shared.lock().finished = true;
+            shared.bump();
+            rt.block_on(linger(shared, linger_for, false));
+            shared.events.emit(Event::Finished {
+                rounds: completed,
+                reason: "failed".into(),
+            });
+            return Err(e);
+        }
+    };
+    let stopped = report.stopped;
     let reason = if stopped { "shutdown" } else { "completed" };
     if !stopped {
         if let Some(out) = &cfg.output {
             write_atomic(out, &server.global().to_safetensors()?)?;
             info!("final global parameters written to {}", out.display());
         }
-        // Tell the connected clients that the run is over.
+        // Tell the clients that the run is over. A resumed run that was already complete has
+        // seen none of them yet: wait for every known client, for a while.
         shared.lock().finished = true;
         shared.bump();
-        linger(&shared, secs("linger_s", cfg.linger_s)?).await;
+        let already_complete = resumed_at >= cfg.rounds;
+        let limit = if already_complete {
+            linger_for.max(RESUMED_COMPLETE_LINGER)
+        } else {
+            linger_for
+        };
+        rt.block_on(linger(shared, limit, already_complete));
     }
     info!("run {reason} after {completed} rounds");
     shared.events.emit(Event::Finished {
@@ -395,24 +497,30 @@ pub(super) async fn drive(
         rounds_completed: completed,
         resumed_at,
         stopped_early: stopped,
-        outcomes,
-        evaluations,
+        outcomes: report.outcomes,
+        evaluations: report.evaluations,
         global: server.global().clone(),
         stats,
     })
 }
 
-/// Waits (at most `limit`) until every connected client has been told that the run is over.
-async fn linger(shared: &Shared, limit: Duration) {
+/// Waits (at most `limit`) until every connected client (with `all_known`, every client in
+/// the tokens file) has been told that the run is over.
+async fn linger(shared: &Shared, limit: Duration, all_known: bool) {
     let until = tokio::time::Instant::now() + limit;
     let mut rx = shared.epoch.subscribe();
     loop {
         rx.borrow_and_update();
         let waiting: BTreeSet<String> = {
-            let live: BTreeSet<String> = shared.available().into_iter().collect();
+            let expected: BTreeSet<String> = if all_known {
+                shared.tokens.client_ids().into_iter().collect()
+            } else {
+                shared.available().into_iter().collect()
+            };
             let st = shared.lock();
-            live.into_iter()
-                .filter(|id| st.clients.get(id).is_some_and(|c| !c.told_finished))
+            expected
+                .into_iter()
+                .filter(|id| st.clients.get(id).is_none_or(|c| !c.told_finished))
                 .collect()
         };
         if waiting.is_empty() {
