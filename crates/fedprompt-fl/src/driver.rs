@@ -133,7 +133,8 @@ pub struct RunReport {
 /// A round whose quorum is not met, or whose answering clients all claimed zero examples, is a
 /// failed round: the global stays as it was and the run goes on. A round whose aggregation
 /// fails [`MAX_AGGREGATION_ATTEMPTS`] times in a row ends the run with the error. A run that
-/// closed rounds without aggregating any of them ends with [`FlError::NothingAggregated`].
+/// closed rounds without aggregating any of them ends with [`FlError::NothingAggregated`]
+/// (unless it was stopped: a stop is a shutdown, not a failure).
 pub fn run_rounds<C: RoundClients>(
     server: &mut Server,
     clients: &mut C,
@@ -195,7 +196,11 @@ pub fn run_rounds<C: RoundClients>(
             break;
         }
     }
-    if !report.outcomes.is_empty() && report.outcomes.iter().all(|o| !o.aggregated) {
+    // A run stopped by its operator is a shutdown, whatever it had aggregated so far.
+    if !report.stopped
+        && !report.outcomes.is_empty()
+        && report.outcomes.iter().all(|o| !o.aggregated)
+    {
         let last = report.outcomes.last().expect("not empty");
         let mut last_reason = last
             .skipped

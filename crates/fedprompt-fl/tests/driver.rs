@@ -210,3 +210,14 @@ fn a_hook_stops_the_run_after_its_round() {
     assert!(report.stopped);
     assert_eq!(s.round(), 2);
 }
+
+#[test]
+fn a_stopped_run_is_a_shutdown_even_if_nothing_was_aggregated() {
+    let mut s = server(StrategyConfig::FedAvg);
+    let mut m = Mem::new(&[("liar", 9.0, 0)]);
+    m.stop_after = Some(1);
+    let report = run_rounds(&mut s, &mut m, &rules(5, 0)).unwrap();
+    assert!(report.stopped);
+    assert_eq!(report.outcomes.len(), 1);
+    assert!(!report.outcomes[0].aggregated);
+}

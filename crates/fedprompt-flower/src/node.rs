@@ -14,6 +14,7 @@ use crate::error::{FlowerError, Result};
 use crate::fleet::{FleetClient, Transport};
 use crate::proto;
 use crate::records::{tree_ids, Inflater, Message, RecordDict};
+use fedprompt_io::signals::StopSignals;
 
 /// Flower's heartbeat interval announced to the SuperLink (seconds).
 pub const HEARTBEAT_INTERVAL: f64 = 30.0;
@@ -394,47 +395,6 @@ async fn serve(
         tracing::info!(message_type = %meta.message_type, seconds = runtime, "reply sent");
     }
     Ok(())
-}
-
-/// Ctrl-C and (on unix) SIGTERM, the stop signals of a terminal, systemd, docker and Flower's
-/// scripts.
-struct StopSignals {
-    #[cfg(unix)]
-    term: Option<tokio::signal::unix::Signal>,
-}
-
-impl StopSignals {
-    /// Installs the handlers (from then on these signals no longer kill the process).
-    fn install() -> Self {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let term = signal(SignalKind::terminate())
-                .map_err(|e| tracing::warn!("cannot catch SIGTERM: {e}"))
-                .ok();
-            Self { term }
-        }
-        #[cfg(not(unix))]
-        Self {}
-    }
-
-    /// The next signal: its name and the exit status of a process it kills (128 + number).
-    async fn next(&mut self) -> (&'static str, i32) {
-        let ctrl_c = async {
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        };
-        #[cfg(unix)]
-        if let Some(term) = self.term.as_mut() {
-            return tokio::select! {
-                () = ctrl_c => ("Ctrl-C", 130),
-                _ = term.recv() => ("SIGTERM", 143),
-            };
-        }
-        ctrl_c.await;
-        ("Ctrl-C", 130)
-    }
 }
 
 /// Runs a node on its own Tokio runtime until Ctrl-C or SIGTERM (the first one lets the node

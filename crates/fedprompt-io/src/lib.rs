@@ -8,9 +8,13 @@
 //! - [`error_chain`]: an error with all its sources on one line, for messages to users.
 //! - [`tls_failure`]: which TLS failures are permanent (wrong CA, plain HTTP, refused
 //!   certificate...), for clients that must not retry them.
+//! - [`signals::StopSignals`] (feature `signals`): Ctrl-C and SIGTERM, handled alike by every
+//!   long-running command.
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "signals")]
+pub mod signals;
 pub mod tls_failure;
 
 use std::io::Write as _;
@@ -25,15 +29,48 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     };
     std::fs::create_dir_all(dir)?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let prefix = format!(".{}.", name.as_deref().unwrap_or("fedprompt"));
     let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", name.as_deref().unwrap_or("fedprompt")))
-        .suffix(".tmp")
+        .prefix(&prefix)
+        .suffix(TMP_SUFFIX)
         .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     // On failure the temporary file is dropped, which deletes it.
     tmp.persist(path).map_err(|e| e.error)?;
-    sync_dir(dir)
+    sync_dir(dir)?;
+    remove_orphans(dir, &prefix);
+    Ok(())
+}
+
+const TMP_SUFFIX: &str = ".tmp";
+
+/// A temporary file older than this is an orphan of a killed writer, not a write in progress.
+const ORPHAN_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes the temporaries that killed writers of the same target left behind (a process
+/// killed between creating and renaming its temporary file cannot remove it). Best effort: a
+/// file that cannot be removed stays.
+fn remove_orphans(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let n = file_name.to_string_lossy();
+        if !(n.starts_with(prefix) && n.ends_with(TMP_SUFFIX)) {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= ORPHAN_AGE);
+        if old {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 #[cfg(unix)]
@@ -79,6 +116,31 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+    }
+
+    #[test]
+    fn orphans_of_killed_writers_are_removed_and_fresh_temporaries_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("global.safetensors");
+        let orphan = dir.path().join(".global.safetensors.AbC123.tmp");
+        let in_progress = dir.path().join(".global.safetensors.XyZ789.tmp");
+        let other = dir.path().join(".other.json.Old000.tmp");
+        for f in [&orphan, &in_progress, &other] {
+            std::fs::write(f, b"partial").unwrap();
+        }
+        let long_ago = std::time::SystemTime::now() - ORPHAN_AGE * 2;
+        for f in [&orphan, &other] {
+            std::fs::File::options()
+                .write(true)
+                .open(f)
+                .unwrap()
+                .set_modified(long_ago)
+                .unwrap();
+        }
+        write_atomic(&p, b"new").unwrap();
+        assert!(!orphan.exists(), "an old temporary of this target is removed");
+        assert!(in_progress.exists(), "a fresh one may be another write in progress");
+        assert!(other.exists(), "temporaries of other files are not ours to remove");
     }
 
     #[test]

@@ -465,3 +465,49 @@ fn devcerts_keeps_secrets_private_and_refuses_a_used_folder() {
     devcerts(t, &empty);
     assert!(empty.join("ca.pem").is_file());
 }
+
+#[test]
+fn join_checks_its_model_before_connecting_and_gives_up_when_told() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    write_data(&t.join("data.jsonl"));
+    // Nothing listens on this port: a client that connected first would retry for minutes.
+    let port = free_port();
+    let server = format!("http://127.0.0.1:{port}");
+    let o = fedprompt(t)
+        .args(["join", "--server", &server, "--token", "fpt_x", "--data"])
+        .arg(t.join("data.jsonl"))
+        .arg("--model")
+        .arg(t.join("no-model"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("checking the local setup") && err.contains("no-model"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("retrying"),
+        "the model is checked first:\n{err}"
+    );
+
+    // A good setup and no server: --give-up-after bounds the retries.
+    let started = Instant::now();
+    let o = fedprompt(t)
+        .args(["join", "--server", &server, "--token", "fpt_x", "--data"])
+        .arg(t.join("data.jsonl"))
+        .arg("--model")
+        .arg(fixture_model())
+        .args(["--give-up-after", "1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("retrying"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "gave up after {:?}",
+        started.elapsed()
+    );
+}

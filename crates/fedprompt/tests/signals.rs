@@ -89,6 +89,11 @@ fn assert_stopped(tmp: &Path, name: &str, status: ExitStatus) -> String {
     );
     assert!(err.contains("SIGTERM: stopping"), "{name} stderr:\n{err}");
     assert!(out.contains("stopped_early: true"), "{name} stdout:\n{out}");
+    // A summary for a person, not every value of the global model.
+    assert!(
+        out.contains("global: ") && out.lines().count() < 20,
+        "{name} stdout:\n{out}"
+    );
     out
 }
 

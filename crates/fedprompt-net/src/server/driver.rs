@@ -52,7 +52,7 @@ fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
-fn human(bytes: u64) -> String {
+pub(super) fn human(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
     let mut v = bytes as f64;
     let mut u = 0;
@@ -255,7 +255,7 @@ impl NetClients<'_> {
     }
 }
 
-fn metrics_text(metrics: &std::collections::BTreeMap<String, f64>) -> String {
+pub(super) fn metrics_text(metrics: &std::collections::BTreeMap<String, f64>) -> String {
     metrics
         .iter()
         .map(|(k, v)| format!("{k}={v:.4}"))

@@ -131,6 +131,98 @@ pub struct ServeSummary {
     pub stats: ServerStats,
 }
 
+/// Refuses a quorum that the clients of the tokens file can never meet (the server would wait
+/// forever without a word).
+fn check_quorum(
+    policy: &fedprompt_fl::RoundPolicy,
+    known: usize,
+    tokens: &std::path::Path,
+) -> Result<()> {
+    for (key, need) in [
+        ("min_available_clients", policy.min_available_clients),
+        ("min_fit_clients", policy.min_fit_clients),
+        ("min_fit_results", policy.min_fit_results),
+        ("min_evaluate_clients", policy.min_evaluate_clients),
+        ("min_evaluate_results", policy.min_evaluate_results),
+    ] {
+        if need > known {
+            return Err(NetError::Config(format!(
+                "`{key} = {need}` can never be met: the tokens file `{}` knows {known} client{}; \
+                 lower it or add clients with `fedprompt devcerts` / the tokens file",
+                tokens.display(),
+                if known == 1 { "" } else { "s" }
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A few lines for a person (what `fedprompt serve` prints): the rounds, traffic, the last
+/// evaluation and the shape of the final global, never its values (the final parameters go
+/// to the `output` file).
+impl std::fmt::Display for ServeSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let aggregated = self.outcomes.iter().filter(|o| o.aggregated).count();
+        writeln!(
+            f,
+            "rounds_completed: {}, resumed_at: {}, stopped_early: {}",
+            self.rounds_completed, self.resumed_at, self.stopped_early
+        )?;
+        writeln!(
+            f,
+            "rounds run by this process: {} ({aggregated} aggregated)",
+            self.outcomes.len()
+        )?;
+        for o in self.outcomes.iter().filter(|o| !o.aggregated) {
+            writeln!(
+                f,
+                "  round {} not aggregated: {}",
+                o.round,
+                o.skipped.as_deref().unwrap_or("?")
+            )?;
+        }
+        let st = &self.stats;
+        writeln!(
+            f,
+            "updates accepted: {}, evaluations accepted: {}, refused: {}, late: {}",
+            st.accepted_updates,
+            st.accepted_evaluations,
+            st.total_refused(),
+            st.late
+        )?;
+        writeln!(
+            f,
+            "traffic: up {}, down {}; registrations: {}, refused tokens: {}, failed TLS handshakes: {}",
+            driver::human(st.bytes_up),
+            driver::human(st.bytes_down),
+            st.registrations,
+            st.auth_refused,
+            st.tls_refused
+        )?;
+        match self
+            .evaluations
+            .iter()
+            .rev()
+            .find_map(|e| e.aggregate.as_ref().map(|a| (e.round, a)))
+        {
+            Some((round, a)) => writeln!(
+                f,
+                "last evaluation (round {round}): {} clients, {} examples, {}",
+                a.n_results,
+                a.num_examples,
+                driver::metrics_text(&a.metrics)
+            )?,
+            None => writeln!(f, "no federated evaluation was aggregated")?,
+        }
+        write!(
+            f,
+            "global: {} tensors, {} values",
+            self.global.len(),
+            self.global.num_elements()
+        )
+    }
+}
+
 /// A server started by [`start`]: its address, events, and a way to stop it.
 pub struct RunningServer {
     addr: SocketAddr,
@@ -187,6 +279,7 @@ impl RunningServer {
 pub async fn start(cfg: ServeConfig) -> Result<RunningServer> {
     cfg.validate()?;
     let tokens = TokenStore::load(&cfg.tokens)?;
+    check_quorum(&cfg.policy, tokens.client_ids().len(), &cfg.tokens)?;
     let strategy = cfg.strategy.build(cfg.policy.clone())?;
     let server = if cfg.resume {
         if !cfg.checkpoint.exists() {
@@ -343,29 +436,9 @@ pub fn serve(cfg: ServeConfig) -> Result<ServeSummary> {
     })
 }
 
-/// Resolves with a name for the signal when the process is asked to stop
-/// (Ctrl-C, or SIGTERM on Unix); the handlers are installed by the call.
+/// Resolves with a name for the signal when the process is asked to stop (Ctrl-C, or
+/// SIGTERM on Unix); the handlers are installed by the call.
 fn stop_signal() -> impl std::future::Future<Output = Option<&'static str>> + Send {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let handler = |kind: SignalKind, name: &str| {
-            signal(kind)
-                .inspect_err(|e| warn!("cannot handle {name}: {e}"))
-                .ok()
-        };
-        let mut int = handler(SignalKind::interrupt(), "Ctrl-C");
-        let mut term = handler(SignalKind::terminate(), "SIGTERM");
-        async move {
-            tokio::select! {
-                Some(()) = async { int.as_mut()?.recv().await } => Some("interrupted"),
-                Some(()) = async { term.as_mut()?.recv().await } => Some("SIGTERM"),
-                else => None,
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        async { tokio::signal::ctrl_c().await.ok().map(|()| "interrupted") }
-    }
+    let mut signals = fedprompt_io::signals::StopSignals::install();
+    async move { Some(signals.next().await.0) }
 }

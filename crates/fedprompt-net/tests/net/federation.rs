@@ -864,3 +864,149 @@ fn prompt_tuning_client_leaves_room_for_virtual_tokens_on_long_texts() {
     );
     assert_eq!(joined.unwrap().rounds_trained, vec![1]);
 }
+
+/// A trainer that claims zero examples in the rounds it is told to (issue: one such client,
+/// alone in its round, used to stop the server).
+struct ClaimsZero {
+    inner: DeterministicTrainer,
+    rounds: Vec<u64>,
+}
+
+impl LocalTrainer for ClaimsZero {
+    fn fit(&mut self, task: &Task<'_>) -> Result<FitResult, TrainerError> {
+        let mut r = self.inner.fit(task)?;
+        if self.rounds.contains(&task.round) {
+            r.num_examples = 0;
+        }
+        Ok(r)
+    }
+    fn evaluate(&mut self, task: &Task<'_>) -> Result<EvalResult, TrainerError> {
+        self.inner.evaluate(task)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_claiming_zero_examples_fails_its_round_not_the_server() {
+    init_tracing();
+    let fx = fixture(&["liar"]);
+    let server = fedprompt_net::start(serve_config(&fx, 3, policy(1, 1, 1.0)))
+        .await
+        .unwrap();
+    let port = server.local_addr().port();
+    let mut t = ClaimsZero {
+        inner: trainer(0),
+        rounds: vec![1],
+    };
+    let cfg = join_config(&fx, port, "liar");
+    let client = tokio::spawn(async move { join_async(cfg, &mut t).await });
+    let summary = server.wait().await.expect("the server survives the round");
+    assert_eq!(summary.rounds_completed, 3);
+    let aggregated: Vec<bool> = summary.outcomes.iter().map(|o| o.aggregated).collect();
+    assert_eq!(aggregated, [false, true, true]);
+    let why = summary.outcomes[0].skipped.as_deref().unwrap_or_default();
+    assert!(why.contains("0 training examples"), "{why}");
+    assert!(client.await.unwrap().unwrap().finished);
+
+    // Alone and lying every round: the run aggregated nothing, which is a failure that names
+    // the cause (not a "completed" run), and the client still learns that it is over.
+    let fx = fixture(&["liar"]);
+    let server = fedprompt_net::start(serve_config(&fx, 2, policy(1, 1, 1.0)))
+        .await
+        .unwrap();
+    let port = server.local_addr().port();
+    let mut t = ClaimsZero {
+        inner: trainer(0),
+        rounds: vec![1, 2],
+    };
+    let cfg = join_config(&fx, port, "liar");
+    let client = tokio::spawn(async move { join_async(cfg, &mut t).await });
+    let e = server.wait().await.unwrap_err();
+    assert!(e.to_string().contains("0 training examples"), "{e}");
+    assert!(client.await.unwrap().unwrap().finished);
+    assert!(!fx.dir.path().join("global.safetensors").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_the_known_clients_cannot_meet_is_refused_at_start() {
+    let fx = fixture(&["a", "b"]);
+    let e = fedprompt_net::start(serve_config(&fx, 1, policy(3, 1, 1.0)))
+        .await
+        .unwrap_err();
+    let m = e.to_string();
+    assert!(matches!(e, NetError::Config(_)), "{e:?}");
+    assert!(
+        m.contains("min_available_clients = 3") && m.contains("knows 2 clients"),
+        "{m}"
+    );
+    let e = fedprompt_net::start(serve_config(&fx, 1, policy(2, 3, 1.0)))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("min_fit_results = 3"), "{e}");
+}
+
+/// A trainer whose local setup does not fit the run (as a wrong label set would).
+struct Unprepared {
+    inner: DeterministicTrainer,
+    fitted: Arc<AtomicBool>,
+}
+
+impl LocalTrainer for Unprepared {
+    fn prepare(&mut self, _: Option<&fedprompt_net::ModelSpec>) -> Result<(), TrainerError> {
+        Err("local data file `x.jsonl`: label `sports` is not one of the run's labels".into())
+    }
+    fn fit(&mut self, task: &Task<'_>) -> Result<FitResult, TrainerError> {
+        self.fitted.store(true, Ordering::SeqCst);
+        self.inner.fit(task)
+    }
+    fn evaluate(&mut self, task: &Task<'_>) -> Result<EvalResult, TrainerError> {
+        self.inner.evaluate(task)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_data_does_not_fit_the_run_stops_before_its_first_task() {
+    init_tracing();
+    let fx = fixture(&["a"]);
+    let mut cfg = serve_config(&fx, 1, policy(1, 1, 1.0));
+    cfg.gather_s = 0.0;
+    let server = fedprompt_net::start(cfg).await.unwrap();
+    let port = server.local_addr().port();
+    let fitted = Arc::new(AtomicBool::new(false));
+    let mut t = Unprepared {
+        inner: trainer(0),
+        fitted: fitted.clone(),
+    };
+    let e = join_async(join_config(&fx, port, "a"), &mut t)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("label `sports`"), "{e}");
+    assert!(!fitted.load(Ordering::SeqCst), "no task was trained");
+    server.stop_handle().stop();
+    let _ = server.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resumed_run_that_was_already_complete_tells_returning_clients_it_is_over() {
+    init_tracing();
+    let fx = fixture(&["a"]);
+    let server = fedprompt_net::start(serve_config(&fx, 1, policy(1, 1, 1.0)))
+        .await
+        .unwrap();
+    let port = server.local_addr().port();
+    let first = spawn_client(join_config(&fx, port, "a"), trainer(0));
+    assert_eq!(server.wait().await.unwrap().rounds_completed, 1);
+    assert!(first.await.unwrap().unwrap().finished);
+
+    // The server died after its last checkpoint and is restarted with --resume; the client,
+    // in reconnect backoff meanwhile, comes back a little later.
+    let mut cfg = serve_config(&fx, 1, policy(1, 1, 1.0));
+    cfg.resume = true;
+    let server = fedprompt_net::start(cfg).await.unwrap();
+    let port = server.local_addr().port();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let late = spawn_client(join_config(&fx, port, "a"), trainer(0));
+    let summary = server.wait().await.unwrap();
+    assert_eq!((summary.resumed_at, summary.rounds_completed), (1, 1));
+    let s = late.await.unwrap().unwrap();
+    assert!(s.finished && s.rounds_trained.is_empty(), "{s:?}");
+}

@@ -34,8 +34,15 @@ pub fn serve(args: ServeArgs, _g: &Globals) -> anyhow::Result<()> {
     if args.resume {
         cfg.resume = true;
     }
+    let output = cfg.output.clone();
     let summary = fedprompt_net::serve(cfg).context("federation server")?;
-    println!("{summary:#?}");
+    println!("{summary}");
+    match output {
+        Some(out) if !summary.stopped_early => {
+            println!("final global parameters: {}", out.display())
+        }
+        _ => {}
+    }
     Ok(())
 }
 
@@ -76,6 +83,10 @@ pub struct JoinArgs {
     /// PEM key of --cert.
     #[arg(long, requires = "cert")]
     pub key: Option<PathBuf>,
+    /// Give up after this many seconds without reaching the server (connection refused,
+    /// server down); permanent errors (refused token, TLS) end the client at once.
+    #[arg(long, value_name = "SECS", default_value_t = 600.0)]
+    pub give_up_after: f64,
 }
 
 /// Environment variable holding the token when neither --token-file nor --token is given.
@@ -162,7 +173,13 @@ pub fn join(args: JoinArgs, _g: &Globals) -> anyhow::Result<()> {
     cfg.tls.ca_cert = args.ca_cert;
     cfg.tls.cert = args.cert;
     cfg.tls.key = args.key;
+    cfg.give_up_after_s = args.give_up_after;
     let mut trainer = ModelTrainer::new(args.local.trainer_config()?);
+    // The model folder and the data files, before the server sees us.
+    trainer
+        .check_local()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("checking the local setup before joining")?;
     let summary = fedprompt_net::join(cfg, &mut trainer).context("joining the federation")?;
     println!("{summary:#?}");
     Ok(())
