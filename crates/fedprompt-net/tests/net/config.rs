@@ -67,6 +67,27 @@ fn mistakes_in_federation_toml_are_refused() {
 }
 
 #[test]
+fn bad_client_config_values_are_refused_at_start() {
+    let base = documented_example();
+    for (bad, why) in [
+        ("batch_size = 0", "at least 1"),
+        ("learning_rate = nan", "finite"),
+        ("epochs = -1", "at least 1"),
+        ("learning_rate = \"fast\"", "a number"),
+        ("epoch = 1", "unknown round-configuration key `epoch`"),
+    ] {
+        let text = base.replace("epochs = 1\nlearning_rate = 1e-3\nbatch_size = 16", bad);
+        assert_ne!(text, base);
+        let e = ServeConfig::from_toml(&text)
+            .unwrap()
+            .validate()
+            .expect_err(bad)
+            .to_string();
+        assert!(e.contains("[client_config]") && e.contains(why), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn devcerts_write_usable_credentials() {
     let dir = tempfile::tempdir().unwrap();
     let certs = fedprompt_net::devcerts::generate(dir.path(), &["sw", "yo"]).unwrap();
