@@ -194,9 +194,9 @@ impl ServerState {
             return Err(bad(format!("`{}` is not a file path", path.display())));
         }
         let bytes = self.to_bytes_with_annex(annex)?;
-        fedprompt_io::write_atomic(path, &bytes).map_err(|source| FlError::Io {
+        fedprompt_io::write_atomic(path, &bytes).map_err(|cause| FlError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         })
     }
 
@@ -208,9 +208,9 @@ impl ServerState {
     /// Reads a checkpoint and its annex.
     pub fn load_checkpoint_with_annex(path: impl AsRef<Path>) -> Result<(Self, Option<String>)> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| FlError::Io {
+        let bytes = std::fs::read(path).map_err(|cause| FlError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         Self::from_bytes_with_annex(&bytes).map_err(|e| match e {
             FlError::Checkpoint(msg) => bad(format!("{}: {msg}", path.display())),

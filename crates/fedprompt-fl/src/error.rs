@@ -79,13 +79,12 @@ pub enum FlError {
     #[error(transparent)]
     Params(#[from] ParamsError),
     /// A client's update was malformed; the round may drop it and continue.
-    #[error("update from client `{client_id}` rejected: {source}")]
+    #[error("update from client `{client_id}` rejected: {cause}")]
     InvalidUpdate {
         /// The client that sent it.
         client_id: String,
-        /// What was wrong (names the tensor).
-        #[source]
-        source: ParamsError,
+        /// What was wrong (names the tensor; printed in the message, so not a `source()`).
+        cause: ParamsError,
     },
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
@@ -149,13 +148,12 @@ pub enum FlError {
     #[error("strategy state: {0}")]
     StrategyState(String),
     /// A checkpoint could not be read or written.
-    #[error("checkpoint `{path}`: {source}")]
+    #[error("checkpoint `{path}`: {cause}")]
     Io {
         /// File involved.
         path: PathBuf,
-        /// Underlying error.
-        #[source]
-        source: std::io::Error,
+        /// What the operating system said (printed in the message, so not a `source()`).
+        cause: std::io::Error,
     },
     /// A checkpoint's contents are invalid.
     #[error("invalid checkpoint: {0}")]
@@ -167,10 +165,10 @@ pub enum FlError {
 
 impl FlError {
     /// Wraps a parameter error as a rejected update from `client_id`.
-    pub fn invalid_update(client_id: impl Into<String>, source: ParamsError) -> Self {
+    pub fn invalid_update(client_id: impl Into<String>, cause: ParamsError) -> Self {
         FlError::InvalidUpdate {
             client_id: client_id.into(),
-            source,
+            cause,
         }
     }
 }

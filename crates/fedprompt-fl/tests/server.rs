@@ -332,3 +332,18 @@ fn checkpoint_errors_are_clear() {
     let e = ServerState::load_checkpoint(&junk).unwrap_err();
     assert!(e.to_string().contains("junk"), "{e}");
 }
+
+#[test]
+fn errors_print_their_cause_once() {
+    // A variant prints its cause or returns it as `source()`, never both: a printer of the
+    // whole chain (anyhow's `{:#}`) must not repeat the operating system's message.
+    let e = fedprompt_fl::ServerState::load_checkpoint(std::path::Path::new("/no/such/ckpt"))
+        .unwrap_err();
+    let mut chain = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        chain.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    assert_eq!(chain.matches("No such file").count(), 1, "{chain}");
+}

@@ -152,9 +152,9 @@ fn malformed_updates_are_rejected_by_name_and_others_aggregate() {
         let all = vec![good_a.clone(), bad.clone(), good_b.clone()];
         let e = s.aggregate_fit(1, &global, &all, &[]).unwrap_err();
         match &e {
-            FlError::InvalidUpdate { client_id, source } => {
+            FlError::InvalidUpdate { client_id, cause } => {
                 assert_eq!(client_id, &bad.client_id);
-                let named = match source {
+                let named = match cause {
                     ParamsError::Missing(n) => n,
                     ParamsError::Shape { name, .. } | ParamsError::NonFinite { name, .. } => name,
                     other => panic!("unexpected {other:?}"),

@@ -17,13 +17,12 @@ pub enum NetError {
         msg: String,
     },
     /// A file could not be read or written.
-    #[error("`{path}`: {source}")]
+    #[error("`{path}`: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// Underlying error.
-        #[source]
-        source: std::io::Error,
+        /// What the operating system said (printed in the message, so not a `source()`).
+        cause: std::io::Error,
     },
     /// A certificate, key or TLS setting is unusable.
     #[error("TLS: {0}")]
@@ -62,7 +61,7 @@ pub enum NetError {
 impl NetError {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> NetError {
         let path = path.into();
-        move |source| NetError::Io { path, source }
+        move |cause| NetError::Io { path, cause }
     }
 }
 

@@ -46,9 +46,9 @@ pub(super) fn load_initial(cfg: &ServeConfig) -> Result<Params> {
 
 /// Writes `bytes` to `path` atomically and durably (file and folder fsynced around the rename).
 fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    fedprompt_io::write_atomic(path, bytes).map_err(|source| NetError::Io {
+    fedprompt_io::write_atomic(path, bytes).map_err(|cause| NetError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     })
 }
 

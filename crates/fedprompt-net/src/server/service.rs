@@ -432,9 +432,9 @@ impl proto::federation_server::Federation for Service {
                     message: format!("update for round {round} accepted"),
                 }))
             }
-            Err(FlError::InvalidUpdate { source, .. }) => Err(refuse(
+            Err(FlError::InvalidUpdate { cause, .. }) => Err(refuse(
                 RefusalKind::InvalidParams,
-                Status::invalid_argument(format!("update refused: {source}")),
+                Status::invalid_argument(format!("update refused: {cause}")),
             )),
             Err(FlError::DuplicateClient { .. }) => Err(refuse(
                 RefusalKind::Duplicate,

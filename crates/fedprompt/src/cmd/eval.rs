@@ -38,7 +38,9 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub batch_size: usize,
 
-    /// Maximum tokens per example (special tokens included); longer texts are truncated.
+    /// Maximum tokens per sequence, special tokens and the soft prompt's virtual tokens
+    /// included (the text gets N minus the virtual tokens); longer texts are truncated. Capped
+    /// at the model's position table.
     #[arg(long, value_name = "N", default_value_t = 512)]
     pub max_len: usize,
 
