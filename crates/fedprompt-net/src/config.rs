@@ -104,7 +104,9 @@ pub struct ServeConfig {
     /// Largest accepted update in bytes (default: twice the global's size plus 64 KiB).
     #[serde(default)]
     pub max_update_bytes: Option<u64>,
-    /// Seconds after its last contact that a client still counts as connected.
+    /// Seconds after its last contact (poll, heartbeat, upload) that a client still counts
+    /// as connected; a selected client silent this long fails its round at once. Clients
+    /// are asked for a heartbeat every quarter of it.
     #[serde(default = "d_liveness")]
     pub liveness_s: f64,
     /// Seconds to keep serving after the last round so clients learn that the run is over.

@@ -54,6 +54,11 @@ fn run_blocking<R>(f: impl FnOnce() -> R) -> R {
 /// this machine. Transport failures are retried with backoff; a refused
 /// token, an unsupported protocol, a permanent TLS failure or a failing
 /// trainer end the run.
+///
+/// Run it on a multi-thread Tokio runtime (as [`join`] does): the trainer then runs in
+/// `block_in_place` while a heartbeat task tells the server this client is still alive. On
+/// a current-thread runtime training blocks the heartbeats, and a local step longer than
+/// the server's `liveness_s` counts as a lost client.
 pub async fn join_async<T: LocalTrainer + ?Sized>(
     cfg: JoinConfig,
     trainer: &mut T,

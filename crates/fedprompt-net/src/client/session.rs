@@ -146,6 +146,35 @@ pub(super) struct Session {
     pub(super) client: RawClient,
     pub(super) reg: proto::RegisterReply,
     pub(super) spec: Option<ModelSpec>,
+    /// Says "still here" every `reg.heartbeat_ms` while the session lives.
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+    }
+}
+
+/// Heartbeats every `every` on a clone of the session's channel, until aborted. A failed beat
+/// is only logged: the main loop notices a lost server on its own calls.
+fn spawn_heartbeat(client: &RawClient, every: Duration) -> tokio::task::JoinHandle<()> {
+    let mut client = client.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let mut req = Request::new(proto::HeartbeatRequest {});
+            req.set_timeout(every.max(Duration::from_secs(5)));
+            if let Err(st) = client.heartbeat(req).await {
+                tracing::debug!("heartbeat failed: {}", st.message());
+            }
+        }
+    })
 }
 
 pub(super) async fn connect(cfg: &JoinConfig) -> std::result::Result<Session, Failure> {
@@ -175,7 +204,14 @@ pub(super) async fn connect(cfg: &JoinConfig) -> std::result::Result<Session, Fa
             })?,
         )
     };
-    Ok(Session { client, reg, spec })
+    let heartbeat = (reg.heartbeat_ms > 0)
+        .then(|| spawn_heartbeat(&client, Duration::from_millis(reg.heartbeat_ms)));
+    Ok(Session {
+        client,
+        reg,
+        spec,
+        heartbeat,
+    })
 }
 
 pub(super) enum Received {

@@ -130,6 +130,7 @@ async fn run_phase(
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Closed> {
     let until = tokio::time::Instant::now() + deadline;
+    let round = collector.round();
     shared.events.emit(Event::RoundStarted {
         round: collector.round(),
         phase: match collector.phase() {
@@ -151,11 +152,21 @@ async fn run_phase(
     shared.bump();
     let mut rx = shared.epoch.subscribe();
     let mut stopped = false;
+    let check_every = shared.heartbeat_interval();
     loop {
         rx.borrow_and_update();
         if *stop.borrow() {
             stopped = true;
             break;
+        }
+        let gone = shared.drop_silent();
+        if !gone.is_empty() {
+            warn!(
+                "round {round}: no contact with {} for {:.0} s, closing without {}",
+                gone.join(", "),
+                shared.liveness.as_secs_f64(),
+                if gone.len() == 1 { "it" } else { "them" }
+            );
         }
         let complete = shared
             .lock()
@@ -169,6 +180,7 @@ async fn run_phase(
             _ = rx.changed() => {}
             _ = tokio::time::sleep_until(until) => break,
             _ = stop.changed() => {}
+            _ = tokio::time::sleep(check_every) => {}
         }
     }
     let cur = {

@@ -10,7 +10,7 @@ use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status};
 use tracing::{info, warn};
 
-use super::state::{Collector, Current, PollGuard, Shared};
+use super::state::{Collector, Current, PollGuard, Shared, UploadGuard};
 use super::RefusalKind;
 use crate::events::Event;
 use crate::proto::{
@@ -248,6 +248,7 @@ impl proto::federation_server::Federation for Service {
             model_spec_json: self.shared.model_spec_json.clone(),
             total_rounds: self.shared.total_rounds,
             completed_rounds: completed,
+            heartbeat_ms: self.shared.heartbeat_interval().as_millis() as u64,
         }))
     }
 
@@ -306,7 +307,7 @@ impl proto::federation_server::Federation for Service {
         req: Request<tonic::Streaming<proto::UpdateMessage>>,
     ) -> std::result::Result<Response<proto::SubmitReply>, Status> {
         let id = self.authenticate(&req)?;
-        self.shared.touch(&id);
+        let _uploading = UploadGuard::new(&self.shared, &id);
         let sh = &self.shared;
         let mut stream = req.into_inner();
         let stream_error = |s: Status, round: u64| {
@@ -510,6 +511,15 @@ impl proto::federation_server::Federation for Service {
                 )),
             )),
         }
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<proto::HeartbeatRequest>,
+    ) -> std::result::Result<Response<proto::HeartbeatReply>, Status> {
+        let id = self.authenticate(&req)?;
+        self.shared.touch(&id);
+        Ok(Response::new(proto::HeartbeatReply {}))
     }
 
     async fn leave(

@@ -79,6 +79,8 @@ pub(super) struct Current {
 pub(super) struct ClientInfo {
     pub(super) last_seen: Option<Instant>,
     pub(super) polling: usize,
+    /// Uploads in progress (a long upload is contact too).
+    pub(super) uploading: usize,
     pub(super) away: bool,
     pub(super) told_finished: bool,
 }
@@ -124,6 +126,45 @@ impl Shared {
         let c = st.clients.entry(id.to_string()).or_default();
         c.last_seen = Some(Instant::now());
         c.away = false;
+    }
+
+    /// How often clients are asked to say they are alive: four beats per `liveness`.
+    pub(super) fn heartbeat_interval(&self) -> Duration {
+        (self.liveness / 4).max(Duration::from_millis(50))
+    }
+
+    /// Fails the selected clients of the open round that have not been heard from for
+    /// `liveness` (no poll, heartbeat or upload): they died or lost their network, and the
+    /// round need not wait for its deadline. Returns their ids.
+    pub(super) fn drop_silent(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut st = self.lock();
+        let State {
+            clients, current, ..
+        } = &mut *st;
+        let Some(cur) = current.as_mut() else {
+            return Vec::new();
+        };
+        let mut gone = Vec::new();
+        for id in cur.collector.pending() {
+            let Some(c) = clients.get_mut(&id) else {
+                continue;
+            };
+            let silent = c.polling == 0
+                && c.uploading == 0
+                && c.last_seen
+                    .is_some_and(|t| now.duration_since(t) >= self.liveness);
+            if silent {
+                let secs = c
+                    .last_seen
+                    .map_or(0.0, |t| now.duration_since(t).as_secs_f64());
+                cur.collector
+                    .fail(&id, &format!("lost contact: nothing heard for {secs:.0} s"));
+                c.away = true;
+                gone.push(id);
+            }
+        }
+        gone
     }
 
     pub(super) fn available(&self) -> Vec<String> {
@@ -202,6 +243,35 @@ impl Drop for PollGuard<'_> {
                 // The client hung up while waiting: do not sample it until it is back.
                 c.away = true;
             }
+        }
+    }
+}
+
+/// Counts an upload in progress as contact with its client, for [`Shared::drop_silent`].
+pub(super) struct UploadGuard<'a> {
+    shared: &'a Shared,
+    id: String,
+}
+
+impl<'a> UploadGuard<'a> {
+    pub(super) fn new(shared: &'a Shared, id: &str) -> Self {
+        shared.touch(id);
+        if let Some(c) = shared.lock().clients.get_mut(id) {
+            c.uploading += 1;
+        }
+        Self {
+            shared,
+            id: id.to_string(),
+        }
+    }
+}
+
+impl Drop for UploadGuard<'_> {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        if let Some(c) = st.clients.get_mut(&self.id) {
+            c.uploading = c.uploading.saturating_sub(1);
+            c.last_seen = Some(Instant::now());
         }
     }
 }

@@ -83,7 +83,10 @@ fn bad_client_config_values_are_refused_at_start() {
             .validate()
             .expect_err(bad)
             .to_string();
-        assert!(e.contains("[client_config]") && e.contains(why), "{bad}: {e}");
+        assert!(
+            e.contains("[client_config]") && e.contains(why),
+            "{bad}: {e}"
+        );
     }
 }
 

@@ -1010,3 +1010,48 @@ async fn a_resumed_run_that_was_already_complete_tells_returning_clients_it_is_o
     let s = late.await.unwrap().unwrap();
     assert!(s.finished && s.rounds_trained.is_empty(), "{s:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_client_is_noticed_by_its_silence_not_the_round_deadline() {
+    init_tracing();
+    let ids = ["alive", "dies"];
+    let fx = fixture(&ids);
+    // One round: with one of two clients gone, a second could never gather two.
+    let mut cfg = serve_config(&fx, 1, policy(2, 1, 1.0));
+    cfg.round_deadline_s = 120.0;
+    cfg.liveness_s = 1.0;
+    cfg.gather_s = 1.0;
+    let server = fedprompt_net::start(cfg).await.unwrap();
+    let port = server.local_addr().port();
+    let mut events = server.subscribe();
+    let alive = spawn_client(join_config(&fx, port, "alive"), trainer(0));
+    let (crash, dies) = spawn_crashable(join_config(&fx, port, "dies"), 1);
+    next_event(
+        &mut events,
+        |e| matches!(e, Event::RoundStarted { round: 1, phase, .. } if phase == "fit"),
+    )
+    .await;
+    crash.store(true, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let r1 = next_event(&mut events, |e| matches!(e, Event::Round { round: 1, .. })).await;
+    let Event::Round { ok, aggregated, .. } = r1 else {
+        unreachable!()
+    };
+    assert_eq!((ok, aggregated), (1, true));
+    // Four missed heartbeats (1 s), not the 120 s deadline.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(dies.await.unwrap_err().is_panic());
+    let summary = tokio::time::timeout(Duration::from_secs(60), server.wait())
+        .await
+        .expect("the run ends after its one round")
+        .unwrap();
+    let f = &summary.outcomes[0].failures;
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].client_id, "dies");
+    assert!(f[0].reason.contains("lost contact"), "{}", f[0].reason);
+    assert!(alive.await.unwrap().unwrap().finished);
+}

@@ -31,9 +31,10 @@ fn serve_config(dir: &Path, certs: &DevCerts, tls: Option<ServerTlsConfig>) -> S
         tokens: certs.tokens_file.clone(),
         rounds: 1,
         strategy: StrategyConfig::FedAvg,
-        // Never enough clients: no round starts while the tests run.
+        // Never enough clients: "idle" never connects, so no round starts while the
+        // tests run (and the quorum is one the tokens file can meet).
         policy: RoundPolicy {
-            min_available_clients: 5,
+            min_available_clients: 2,
             ..RoundPolicy::default()
         },
         round_deadline_s: 10.0,
@@ -58,7 +59,7 @@ fn serve_config(dir: &Path, certs: &DevCerts, tls: Option<ServerTlsConfig>) -> S
 /// A server with TLS (`mutual`: client certificates required) or, with `tls = false`, plaintext.
 async fn fixture(tls: bool, mutual: bool) -> Fx {
     let dir = tempfile::tempdir().unwrap();
-    let certs = devcerts::generate(&dir.path().join("certs"), &["sw"]).unwrap();
+    let certs = devcerts::generate(&dir.path().join("certs"), &["sw", "idle"]).unwrap();
     let other = devcerts::generate(&dir.path().join("other"), &["sw"]).unwrap();
     let server_tls = tls.then(|| ServerTlsConfig {
         cert: certs.server_cert.clone(),
