@@ -7,6 +7,7 @@
 //! Readers never skip a bad line silently: a bad line is an error naming the
 //! file and line, unless [`ReadOptions::skip_bad_lines`] turns it into a
 //! [`LoadWarning`] returned with the examples.
+#![warn(missing_docs)]
 
 mod error;
 mod io;

@@ -16,6 +16,7 @@
 //! - [`fleet`]: the Fleet API as protobuf over HTTP(S) (`POST /v1/fleet/<rpc>`).
 //! - [`node`]: the SuperNode lifecycle (register, activate, heartbeats, pull, reply, shut down).
 //! - [`app`]: what a fedprompt node does with a `train`/`evaluate` message.
+#![warn(missing_docs)]
 
 pub mod app;
 pub mod auth;

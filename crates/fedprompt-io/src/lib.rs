@@ -138,9 +138,18 @@ mod tests {
                 .unwrap();
         }
         write_atomic(&p, b"new").unwrap();
-        assert!(!orphan.exists(), "an old temporary of this target is removed");
-        assert!(in_progress.exists(), "a fresh one may be another write in progress");
-        assert!(other.exists(), "temporaries of other files are not ours to remove");
+        assert!(
+            !orphan.exists(),
+            "an old temporary of this target is removed"
+        );
+        assert!(
+            in_progress.exists(),
+            "a fresh one may be another write in progress"
+        );
+        assert!(
+            other.exists(),
+            "temporaries of other files are not ours to remove"
+        );
     }
 
     #[test]

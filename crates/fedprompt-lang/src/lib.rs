@@ -32,6 +32,7 @@
 //! package `lang2vec` 1.1.2 under CC BY-SA 4.0; this crate reads them at run time from the
 //! package's `data/` directory and does not redistribute them. The embedded CC-100 token counts
 //! are transcribed from Conneau et al. 2020, Appendix A, Table 6.
+#![warn(missing_docs)]
 
 pub mod codes;
 mod error;

@@ -74,21 +74,39 @@ fn default_init_range() -> f64 {
 /// A checked encoder configuration.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EncoderConfig {
+    /// Encoder family, from `model_type` or else the first of `architectures`.
     pub family: Family,
+    /// HF `model_type` as written (e.g. `xlm-roberta`, `bert`); empty when the file has none.
     pub model_type: String,
+    /// Number of token embeddings (HF `vocab_size`, > 0).
     pub vocab_size: usize,
+    /// Width of every hidden state (HF `hidden_size`, > 0, a multiple of the head count).
     pub hidden_size: usize,
+    /// Number of transformer layers (HF `num_hidden_layers`, > 0).
     pub num_hidden_layers: usize,
+    /// Attention heads per layer (HF `num_attention_heads`, > 0).
     pub num_attention_heads: usize,
+    /// Inner width of the feed-forward block (HF `intermediate_size`).
     pub intermediate_size: usize,
+    /// Feed-forward activation (HF `hidden_act`, default `gelu`).
     pub hidden_act: Activation,
+    /// Dropout probability on embeddings and layer outputs (HF `hidden_dropout_prob`, default 0.1).
     pub hidden_dropout_prob: f64,
+    /// Dropout probability on attention weights (HF `attention_probs_dropout_prob`, default 0.1).
     pub attention_probs_dropout_prob: f64,
+    /// Dropout inside the classification head (HF `classifier_dropout`); `None` falls back to
+    /// `hidden_dropout_prob` (see [`EncoderConfig::head_dropout`]).
     pub classifier_dropout: Option<f64>,
+    /// Rows of the position-embedding table (HF `max_position_embeddings`), offset included.
     pub max_position_embeddings: usize,
+    /// Rows of the token-type embedding table (HF `type_vocab_size`, default 2, > 0).
     pub type_vocab_size: usize,
+    /// Epsilon of every LayerNorm (HF `layer_norm_eps`, default 1e-12).
     pub layer_norm_eps: f64,
+    /// Padding token id (HF `pad_token_id`); defaults to 1 for RoBERTa and 0 for BERT.
     pub pad_token_id: u32,
+    /// Standard deviation of the normal init of new head weights (HF `initializer_range`,
+    /// default 0.02).
     pub initializer_range: f64,
     /// Labels of the folder's own classification head, if it names them.
     pub id2label: Vec<String>,

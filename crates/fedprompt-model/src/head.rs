@@ -10,14 +10,20 @@ use crate::nn::{ForwardCtx, Linear};
 pub enum Head {
     /// `classifier.dense` → tanh → `classifier.out_proj`, on the first token's hidden state.
     Roberta {
+        /// `classifier.dense`, `[H, H]`.
         dense: Linear,
+        /// `classifier.out_proj`, `[labels, H]`.
         out_proj: Linear,
+        /// Dropout probability before `dense` and before `out_proj` (training only).
         dropout: f64,
     },
     /// BERT: the (frozen) pooler `tanh(pooler.dense(h₀))`, then `classifier`.
     Bert {
+        /// `pooler.dense`, `[H, H]`; frozen except under full fine-tuning.
         pooler: Linear,
+        /// `classifier`, `[labels, H]`.
         classifier: Linear,
+        /// Dropout probability on the pooled output (training only).
         dropout: f64,
     },
 }

@@ -1,6 +1,7 @@
 //! The frozen multilingual encoder (XLM-RoBERTa / BERT family) on candle and the
 //! parameter-efficient methods of the paper: soft prompt tuning, P-tuning's prompt encoder,
 //! LoRA, head-only and full fine-tuning, with adapters in PEFT's on-disk layout.
+#![warn(missing_docs)]
 
 pub mod adapter;
 pub mod backbone;

@@ -10,7 +10,10 @@ use crate::error::{ModelError, Result};
 /// One input: a text and an optional second text (sentence pairs, e.g. XNLI).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TextInput {
+    /// The text to classify, or the first text of a pair (e.g. the XNLI premise).
     pub text: String,
+    /// The second text of a sentence pair, encoded as the tokenizer's second sequence; `None`
+    /// for single texts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text_pair: Option<String>,
 }

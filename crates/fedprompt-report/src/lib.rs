@@ -3,6 +3,7 @@
 //! [`RunResults`] is the serde model the simulator fills; [`write_all`] turns it into a results
 //! folder (`results.json`, CSV files, `tables.md` shaped like the paper's Tables 1–4, and SVG + PNG
 //! plots) and [`load`] reads it back. All accuracies are fractions in `[0, 1]`.
+#![warn(missing_docs)]
 
 mod error;
 mod io;

@@ -25,7 +25,9 @@ pub struct ExperimentConfig {
     /// Results folder (default `results/<name>`), relative to the current directory.
     #[serde(default)]
     pub output: Option<PathBuf>,
+    /// The frozen backbone (`[model]`).
     pub model: ModelSection,
+    /// The data set, languages and sample sizes (`[data]`).
     pub data: DataSection,
     /// Local training hyperparameters shared by every run (a run may override epochs).
     #[serde(default)]
@@ -67,6 +69,7 @@ fn default_max_len() -> usize {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
+    /// Which data set to read and where its files are (`[data.source]`, tagged by `type`).
     pub source: DataSource,
     /// Languages (clients in the non-IID setting), as the data names them.
     pub languages: Vec<String>,
@@ -90,24 +93,38 @@ pub struct DataSection {
 pub enum DataSource {
     /// The embedded real demo data (PyPI chatterbot-corpus 1.3.3), split by conversation.
     Chatterbot {
+        /// Fraction of each (language, topic) file's conversations held out for evaluation,
+        /// in `[0, 1)` (default 0.2).
         #[serde(default = "default_eval_fraction")]
         eval_fraction: f64,
     },
     /// XNLI: `dir/xnli.dev.tsv` (eval; or `eval_file`) and `train_dir/multinli.train.<lang>.tsv`.
     Xnli {
+        /// Folder of the XNLI evaluation file.
         dir: PathBuf,
+        /// Folder of the translated MultiNLI training files `multinli.train.<lang>.tsv`.
         train_dir: PathBuf,
+        /// Evaluation file name inside `dir` (default `xnli.dev.tsv`).
         #[serde(default)]
         eval_file: Option<String>,
     },
     /// XGLUE news classification: `dir/xglue.nc.<lang>.{train,dev}`.
-    XglueNc { dir: PathBuf },
+    XglueNc {
+        /// Folder holding the `xglue.nc.<lang>.train` / `.dev` files.
+        dir: PathBuf,
+    },
     /// MasakhaNEWS: `dir/<lang>/{train,dev}.tsv`.
-    Masakhanews { dir: PathBuf },
+    Masakhanews {
+        /// Folder with one sub-folder per language code.
+        dir: PathBuf,
+    },
     /// Generic CSV/TSV/JSONL files with a language column.
     Files {
+        /// The training file.
         train: PathBuf,
+        /// The evaluation file.
         eval: PathBuf,
+        /// Column layout of both files; default: the default layout with a `language` column.
         #[serde(default)]
         format: Option<GenericFormat>,
     },
@@ -177,6 +194,7 @@ pub enum Paradigm {
 pub struct RunSpec {
     /// Row label (e.g. `PE_FL (non-IID)`).
     pub label: String,
+    /// Monolingual, centralized or federated.
     pub paradigm: Paradigm,
     /// The method (`type = "prompt" | "prompt-encoder" | "lora" | "head" | "full"`).
     pub method: MethodConfig,
@@ -186,13 +204,16 @@ pub struct RunSpec {
     /// Client partition for federated runs (default: one client per language).
     #[serde(default)]
     pub partition: Option<PartitionSpec>,
-    /// Overrides of the federation defaults.
+    /// Communication rounds for this run (default: `federation.rounds`).
     #[serde(default)]
     pub rounds: Option<u64>,
+    /// Fraction C of clients per round, in (0, 1] (default: `federation.fraction`).
     #[serde(default)]
     pub fraction: Option<f64>,
+    /// Aggregation strategy for this run (default: `federation.strategy`).
     #[serde(default)]
     pub strategy: Option<StrategyConfig>,
+    /// Local epochs per round for this run (default: `federation.local_epochs`).
     #[serde(default)]
     pub local_epochs: Option<usize>,
     /// Learning rate override (full fine-tuning usually wants a smaller one).

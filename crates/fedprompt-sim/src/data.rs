@@ -14,8 +14,11 @@ use crate::error::{Result, SimError};
 
 /// The examples of an experiment.
 pub struct ExperimentData {
+    /// The label names of the data set, in index order.
     pub labels: LabelMap,
+    /// Training examples of the chosen languages, sampled per language if asked.
     pub train: Vec<Example>,
+    /// Evaluation examples of the chosen languages, sampled per language if asked.
     pub eval: Vec<Example>,
     /// Lines skipped as bad (with `skip_bad_lines`).
     pub warnings: usize,

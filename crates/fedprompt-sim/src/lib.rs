@@ -2,6 +2,7 @@
 //! centralized and federated training with any PEFT method, against one shared frozen
 //! backbone, from one TOML experiment file, with checkpoints for resume and paper-shaped
 //! results (Markdown tables, CSV/JSON, plots).
+#![warn(missing_docs)]
 
 pub mod config;
 pub mod data;

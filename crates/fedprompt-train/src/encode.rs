@@ -8,9 +8,13 @@ use crate::trainer::TrainError;
 /// An example as token ids.
 #[derive(Clone, Debug)]
 pub struct EncodedExample {
+    /// Token ids, special tokens included, truncated to the encoder's maximum length.
     pub ids: Vec<u32>,
+    /// Token type ids (segment of each token), as long as `ids`.
     pub type_ids: Vec<u32>,
+    /// Gold label index.
     pub label: usize,
+    /// Language code of the example, the key of per-language scores.
     pub language: String,
 }
 

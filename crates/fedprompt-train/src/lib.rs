@@ -1,6 +1,7 @@
 //! Local training and evaluation: AdamW over the trainable set only, seeded shuffled
 //! (length-bucketed) batches with dynamic padding, early stopping on eval accuracy,
 //! accuracy and macro-F1 per language.
+#![warn(missing_docs)]
 
 pub mod client;
 pub mod encode;

@@ -12,16 +12,22 @@ use crate::trainer::TrainError;
 /// Scores on one language (or overall).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LangScore {
+    /// Fraction of correct predictions, in `[0, 1]` (0 when `n` is 0).
     pub accuracy: f64,
+    /// Mean F1 over the labels that occur in gold or predictions, in `[0, 1]`.
     pub macro_f1: f64,
+    /// Number of examples scored.
     pub n: usize,
 }
 
 /// Evaluation of a classifier on a set of examples.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct EvalReport {
+    /// Scores over all examples.
     pub overall: LangScore,
+    /// Scores per language code of the examples.
     pub per_language: BTreeMap<String, LangScore>,
+    /// Mean cross-entropy per example (nats).
     pub loss: f64,
 }
 

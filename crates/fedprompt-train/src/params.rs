@@ -1,5 +1,5 @@
 //! Conversion between a classifier's trainable set (candle tensors) and the federated core's
-//! transport-free [`Params`](fedprompt_fl::Params).
+//! transport-free [`Params`].
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -14,20 +14,29 @@ use crate::metrics::{evaluate, EvalReport};
 /// Errors of training and evaluation.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    /// The model failed (tokenising, forward pass, restoring parameters).
     #[error(transparent)]
     Model(#[from] fedprompt_model::ModelError),
+    /// A tensor operation (loss, optimiser step) failed.
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
+    /// Batching the examples failed.
     #[error(transparent)]
     Data(#[from] fedprompt_data::DataError),
+    /// A required example set is empty; holds its name (e.g. `training set`).
     #[error("the {0} is empty")]
     Empty(String),
+    /// A [`TrainConfig`] value is out of range; holds what is wrong.
     #[error("invalid training configuration: {0}")]
     Config(String),
+    /// The training loss became NaN or infinite.
     #[error("training diverged: the loss became {loss} at epoch {epoch}, step {step}; lower the learning rate")]
     NonFinite {
+        /// The non-finite loss value.
         loss: f32,
+        /// Epoch it happened in, counted from 0.
         epoch: usize,
+        /// Step within that epoch, counted from 0.
         step: usize,
     },
 }
@@ -55,15 +64,19 @@ fn d_true() -> bool {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
+    /// AdamW learning rate (default 1e-3, must be positive).
     #[serde(default = "d_lr")]
     pub learning_rate: f64,
+    /// Examples per optimiser step (default 16, at least 1).
     #[serde(default = "d_bs")]
     pub batch_size: usize,
+    /// Maximum number of passes over the training set (default 3, at least 1).
     #[serde(default = "d_epochs")]
     pub epochs: usize,
     /// Stop after this many epochs without a better eval accuracy.
     #[serde(default = "d_patience")]
     pub patience: usize,
+    /// AdamW decoupled weight decay (default 0.01).
     #[serde(default = "d_wd")]
     pub weight_decay: f64,
     /// Cap on optimiser steps per epoch (none: a full pass).
@@ -72,6 +85,7 @@ pub struct TrainConfig {
     /// Restore the best-eval-accuracy values at the end.
     #[serde(default = "d_true")]
     pub restore_best: bool,
+    /// Seed of batch shuffling and dropout masks (default 0).
     #[serde(default)]
     pub seed: u64,
 }
@@ -112,26 +126,37 @@ impl TrainConfig {
 
 /// FedProx's proximal term μ/2·‖w − w_global‖² added to the local loss.
 pub struct Proximal {
+    /// The proximal coefficient μ (0 disables the term's effect).
     pub mu: f64,
+    /// Global model values by trainable-parameter name; parameters not listed get no term.
     pub global: BTreeMap<String, Tensor>,
 }
 
 /// One epoch's statistics.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EpochStat {
+    /// Epoch number, counted from 1.
     pub epoch: usize,
+    /// Optimiser steps taken in this epoch.
     pub steps: usize,
+    /// Mean cross-entropy over the epoch's steps (proximal term excluded).
     pub train_loss: f64,
+    /// Evaluation after the epoch; `None` without a (non-empty) eval set.
     pub eval: Option<EvalReport>,
 }
 
 /// What a local training run did.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainReport {
+    /// Statistics of each epoch run, in order.
     pub epochs: Vec<EpochStat>,
+    /// Optimiser steps over all epochs.
     pub steps: usize,
+    /// Epoch (from 1) with the best eval accuracy; `None` without an eval set.
     pub best_epoch: Option<usize>,
+    /// Best eval accuracy reached, in `[0, 1]`; `None` without an eval set.
     pub best_accuracy: Option<f64>,
+    /// Whether training stopped before `epochs` because `patience` ran out.
     pub stopped_early: bool,
 }
 

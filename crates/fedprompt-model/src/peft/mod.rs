@@ -48,6 +48,7 @@ pub enum MethodConfig {
     /// P-tuning (Liu et al.): virtual tokens produced by an MLP prompt encoder, as PEFT's
     /// `PROMPT_ENCODER` with MLP reparameterisation.
     PromptEncoder {
+        /// Number of virtual tokens (default 1, at least 1).
         #[serde(default = "one")]
         num_virtual_tokens: usize,
         /// Hidden width of the MLP.
@@ -56,10 +57,13 @@ pub enum MethodConfig {
     },
     /// LoRA (Hu et al.) on the chosen projections.
     Lora {
+        /// Rank of the low-rank update `B·A` (default 8, at least 1).
         #[serde(default = "default_r")]
         r: usize,
+        /// Scaling numerator: the update is multiplied by `alpha / r` (default 16, finite).
         #[serde(default = "default_alpha")]
         alpha: f64,
+        /// Dropout probability on the input of the LoRA branch, in `[0, 1)` (default 0.1).
         #[serde(default = "default_lora_dropout")]
         dropout: f64,
         /// PEFT target-module names: `query`, `key`, `value`, `dense`...

@@ -1,10 +1,10 @@
 //! Running an experiment: every paradigm against one shared frozen backbone.
 //!
-//! - [`plan`]: each run's settings resolved once from the file's defaults and its overrides;
-//! - [`local`]: monolingual and centralized runs;
-//! - [`federated`]: federated runs, the shared round loop over in-process clients;
-//! - [`state`]: what `--resume` finds (finished runs; a federated run's state per round);
-//! - [`results`]: rows, curves, distances and notes of the results folder.
+//! - `plan`: each run's settings resolved once from the file's defaults and its overrides;
+//! - `local`: monolingual and centralized runs;
+//! - `federated`: federated runs, the shared round loop over in-process clients;
+//! - `state`: what `--resume` finds (finished runs; a federated run's state per round);
+//! - `results`: rows, curves, distances and notes of the results folder.
 
 mod federated;
 mod local;
