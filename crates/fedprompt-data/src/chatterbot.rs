@@ -317,16 +317,16 @@ fn kind(v: &Value) -> &'static str {
 /// The YAML files of a language directory by canonical topic.
 fn topic_files(dir: &Path, language_dir: &str) -> Result<HashMap<String, PathBuf>> {
     let ldir = dir.join(language_dir);
-    let rd = std::fs::read_dir(&ldir).map_err(|source| DataError::Io {
+    let rd = std::fs::read_dir(&ldir).map_err(|cause| DataError::Io {
         path: ldir.clone(),
-        source,
+        cause,
     })?;
     let mut m = HashMap::new();
     for entry in rd {
         let p = entry
-            .map_err(|source| DataError::Io {
+            .map_err(|cause| DataError::Io {
                 path: ldir.clone(),
-                source,
+                cause,
             })?
             .path();
         let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
@@ -525,9 +525,9 @@ pub struct SurveyEntry {
 /// that fails to parse is an error.
 pub fn survey_chatterbot(dir: impl AsRef<Path>) -> Result<Vec<SurveyEntry>> {
     let dir = dir.as_ref();
-    let rd = std::fs::read_dir(dir).map_err(|source| DataError::Io {
+    let rd = std::fs::read_dir(dir).map_err(|cause| DataError::Io {
         path: dir.to_path_buf(),
-        source,
+        cause,
     })?;
     let mut langs: Vec<String> = rd
         .filter_map(|e| e.ok())

@@ -289,9 +289,9 @@ pub(crate) fn read_delimited<F>(
 where
     F: FnMut(&Policy, usize, &[&str]) -> Result<()>,
 {
-    let file = std::fs::File::open(path).map_err(|source| DataError::Io {
+    let file = std::fs::File::open(path).map_err(|cause| DataError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     let mut rdr = csv::ReaderBuilder::new()
         .delimiter(delimiter)
@@ -341,9 +341,9 @@ where
 fn csv_error(path: &Path, e: csv::Error) -> DataError {
     let line = e.position().map(|p| p.line() as usize);
     match e.into_kind() {
-        csv::ErrorKind::Io(source) => DataError::Io {
+        csv::ErrorKind::Io(cause) => DataError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         },
         csv::ErrorKind::UnequalLengths {
             expected_len, len, ..

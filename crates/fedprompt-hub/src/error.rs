@@ -18,15 +18,14 @@ pub enum HubError {
     NoCacheDir,
 
     /// A file-system operation failed.
-    #[error("I/O error while {context} ({path}): {source}")]
+    #[error("I/O error while {context} ({path}): {cause}")]
     Io {
         /// What was being done.
         context: String,
         /// The path involved.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     /// Neither `python3 -m pip` nor `pip` could be started.
@@ -115,7 +114,7 @@ pub enum HubError {
 
     /// JSON (de)serialisation failed.
     #[error("json: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
 }
 
 impl HubError {
@@ -123,12 +122,21 @@ impl HubError {
     pub(crate) fn io(
         context: impl Into<String>,
         path: impl Into<PathBuf>,
-        source: std::io::Error,
+        cause: std::io::Error,
     ) -> Self {
         HubError::Io {
             context: context.into(),
             path: path.into(),
-            source,
+            cause,
         }
+    }
+}
+
+// `Json` prints its inner error after a prefix, so its `From` is written by hand
+// rather than with `#[from]`, which would also return it as the source and have it printed
+// twice by an error chain.
+impl From<serde_json::Error> for HubError {
+    fn from(e: serde_json::Error) -> Self {
+        HubError::Json(e)
     }
 }

@@ -6,22 +6,20 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum LangError {
     /// A file could not be opened or read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// An `.npz` file is not a readable zip archive.
-    #[error("{path} is not a readable .npz (zip) archive: {source}")]
+    #[error("{path} is not a readable .npz (zip) archive: {cause}")]
     Zip {
         /// The archive.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: zip::result::ZipError,
+        cause: zip::result::ZipError,
     },
     /// An `.npy` array is malformed or of an unsupported type.
     #[error("bad .npy array {name}: {reason}")]

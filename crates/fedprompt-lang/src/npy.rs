@@ -215,20 +215,20 @@ pub fn parse_npy(name: &str, bytes: &[u8]) -> Result<NpyArray> {
 ///
 /// `only`, when given, restricts reading to those names (others are not decompressed).
 pub fn read_npz(path: &Path, only: Option<&[&str]>) -> Result<BTreeMap<String, NpyArray>> {
-    let file = std::fs::File::open(path).map_err(|source| LangError::Io {
+    let file = std::fs::File::open(path).map_err(|cause| LangError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     let mut archive =
-        zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|source| LangError::Zip {
+        zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|cause| LangError::Zip {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
     let mut out = BTreeMap::new();
     for i in 0..archive.len() {
-        let mut entry = archive.by_index(i).map_err(|source| LangError::Zip {
+        let mut entry = archive.by_index(i).map_err(|cause| LangError::Zip {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         let full = entry.name().to_string();
         let Some(key) = full.strip_suffix(".npy") else {
@@ -240,9 +240,9 @@ pub fn read_npz(path: &Path, only: Option<&[&str]>) -> Result<BTreeMap<String, N
         let mut bytes = Vec::with_capacity(usize::try_from(entry.size()).unwrap_or(0).min(1 << 28));
         entry
             .read_to_end(&mut bytes)
-            .map_err(|source| LangError::Io {
+            .map_err(|cause| LangError::Io {
                 path: path.to_path_buf(),
-                source,
+                cause,
             })?;
         let array = parse_npy(&format!("{}:{full}", path.display()), &bytes)?;
         out.insert(key.to_string(), array);

@@ -19,13 +19,12 @@ pub enum ModelError {
         hint: &'static str,
     },
     /// An I/O error on a named file.
-    #[error("cannot read or write {path}: {source}")]
+    #[error("cannot read or write {path}: {cause}")]
     Io {
         /// The file that could not be read or written.
         path: PathBuf,
         /// The underlying I/O error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// `config.json` (or `adapter_config.json`) is not valid.
     #[error("invalid {path}: {msg}")]
@@ -97,14 +96,23 @@ pub enum ModelError {
     Input(String),
     /// An error inside the tensor library.
     #[error("tensor computation failed: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
 }
 
 impl ModelError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
         ModelError::Io {
             path: path.into(),
-            source,
+            cause,
         }
+    }
+}
+
+// `Candle` prints its inner error after a prefix, so its `From` is written by hand
+// rather than with `#[from]`, which would also return it as the source and have it printed
+// twice by an error chain.
+impl From<candle_core::Error> for ModelError {
+    fn from(e: candle_core::Error) -> Self {
+        ModelError::Candle(e)
     }
 }

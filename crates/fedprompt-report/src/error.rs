@@ -6,31 +6,28 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     /// A file or folder could not be read, written or renamed.
-    #[error("I/O error on {path}: {source}")]
+    #[error("I/O error on {path}: {cause}")]
     Io {
         /// The path being accessed.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// `results.json` could not be parsed or serialised.
-    #[error("invalid results JSON in {path}: {source}")]
+    #[error("invalid results JSON in {path}: {cause}")]
     Json {
         /// The JSON file.
         path: PathBuf,
         /// The underlying error (with line and column).
-        #[source]
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     /// A CSV file could not be written.
-    #[error("CSV error writing {path}: {source}")]
+    #[error("CSV error writing {path}: {cause}")]
     Csv {
         /// The CSV file.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: csv::Error,
+        cause: csv::Error,
     },
     /// Plotters failed while drawing a plot.
     #[error("plotting {path} failed: {message}")]
@@ -59,5 +56,5 @@ pub type Result<T, E = ReportError> = std::result::Result<T, E>;
 
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ReportError {
     let path = path.into();
-    move |source| ReportError::Io { path, source }
+    move |cause| ReportError::Io { path, cause }
 }

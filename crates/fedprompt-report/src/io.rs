@@ -20,9 +20,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Writes `results.json` (pretty-printed) into `dir`.
 pub fn write_json(r: &RunResults, dir: &Path) -> Result<PathBuf> {
     let path = dir.join(RESULTS_JSON);
-    let mut json = serde_json::to_vec_pretty(r).map_err(|source| ReportError::Json {
+    let mut json = serde_json::to_vec_pretty(r).map_err(|cause| ReportError::Json {
         path: path.clone(),
-        source,
+        cause,
     })?;
     json.push(b'\n');
     write_atomic(&path, &json)?;
@@ -33,9 +33,9 @@ fn write_csv<T: Serialize>(path: PathBuf, records: &[T]) -> Result<Option<PathBu
     if records.is_empty() {
         return Ok(None);
     }
-    let csv_err = |source| ReportError::Csv {
+    let csv_err = |cause| ReportError::Csv {
         path: path.clone(),
-        source,
+        cause,
     };
     let mut w = csv::Writer::from_writer(Vec::new());
     for rec in records {
@@ -160,7 +160,7 @@ pub fn load(dir_or_json: impl AsRef<Path>) -> Result<RunResults> {
     }
     let text = fs::read_to_string(&path).map_err(io_err(&path))?;
     let r: RunResults =
-        serde_json::from_str(&text).map_err(|source| ReportError::Json { path, source })?;
+        serde_json::from_str(&text).map_err(|cause| ReportError::Json { path, cause })?;
     r.validate()?;
     Ok(r)
 }

@@ -237,7 +237,7 @@ impl ExperimentConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| SimError::Io {
             path: path.to_path_buf(),
-            source: e,
+            cause: e,
         })?;
         let cfg: ExperimentConfig = toml::from_str(&text).map_err(|e| SimError::Config {
             path: path.to_path_buf(),

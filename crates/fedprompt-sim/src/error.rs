@@ -9,13 +9,12 @@ pub type Result<T> = std::result::Result<T, SimError>;
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
     /// A file or folder could not be read or written.
-    #[error("cannot read or write {path}: {source}")]
+    #[error("cannot read or write {path}: {cause}")]
     Io {
         /// The file or folder at fault.
         path: PathBuf,
         /// The underlying I/O error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The experiment file is not valid TOML or fails [`ExperimentConfig::validate`].
     ///
@@ -29,7 +28,7 @@ pub enum SimError {
     },
     /// Reading, selecting or sampling the examples failed.
     #[error("data: {0}")]
-    Data(#[from] fedprompt_data::DataError),
+    Data(fedprompt_data::DataError),
     /// A data problem found by the simulator itself (e.g. a missing data file); holds the message.
     #[error("data: {0}")]
     DataMsg(String),
@@ -41,22 +40,22 @@ pub enum SimError {
     Train(#[from] fedprompt_train::TrainError),
     /// The federated core (strategy, rounds) failed.
     #[error("federation: {0}")]
-    Fl(#[from] fedprompt_fl::FlError),
+    Fl(fedprompt_fl::FlError),
     /// Converting or aggregating parameters failed.
     #[error("parameters: {0}")]
-    Params(#[from] fedprompt_fl::ParamsError),
+    Params(fedprompt_fl::ParamsError),
     /// Writing or reading the results folder failed.
     #[error("results: {0}")]
-    Report(#[from] fedprompt_report::ReportError),
+    Report(fedprompt_report::ReportError),
     /// Fetching or preparing the default model or the demo data failed.
     #[error("assets: {0}")]
-    Hub(#[from] fedprompt_hub::HubError),
+    Hub(fedprompt_hub::HubError),
     /// Computing language distances failed.
     #[error("language distance: {0}")]
-    Lang(#[from] fedprompt_lang::LangError),
+    Lang(fedprompt_lang::LangError),
     /// A tensor operation failed.
     #[error("tensor computation failed: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
     /// A run could not be planned, resumed or finished.
     #[error("run `{run}`: {msg}")]
     Run {
@@ -65,4 +64,49 @@ pub enum SimError {
         /// What went wrong.
         msg: String,
     },
+}
+
+// The wrappers above print their inner error after a prefix, so they are written by hand
+// rather than with `#[from]`, which would also return it as the source and have it printed
+// twice by an error chain.
+impl From<fedprompt_data::DataError> for SimError {
+    fn from(e: fedprompt_data::DataError) -> Self {
+        SimError::Data(e)
+    }
+}
+
+impl From<fedprompt_fl::FlError> for SimError {
+    fn from(e: fedprompt_fl::FlError) -> Self {
+        SimError::Fl(e)
+    }
+}
+
+impl From<fedprompt_fl::ParamsError> for SimError {
+    fn from(e: fedprompt_fl::ParamsError) -> Self {
+        SimError::Params(e)
+    }
+}
+
+impl From<fedprompt_report::ReportError> for SimError {
+    fn from(e: fedprompt_report::ReportError) -> Self {
+        SimError::Report(e)
+    }
+}
+
+impl From<fedprompt_hub::HubError> for SimError {
+    fn from(e: fedprompt_hub::HubError) -> Self {
+        SimError::Hub(e)
+    }
+}
+
+impl From<fedprompt_lang::LangError> for SimError {
+    fn from(e: fedprompt_lang::LangError) -> Self {
+        SimError::Lang(e)
+    }
+}
+
+impl From<candle_core::Error> for SimError {
+    fn from(e: candle_core::Error) -> Self {
+        SimError::Candle(e)
+    }
 }

@@ -45,9 +45,9 @@ fn run_err(run: &str, msg: impl Into<String>) -> SimError {
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<()> {
-    fedprompt_io::write_atomic(path, bytes).map_err(|source| SimError::Io {
+    fedprompt_io::write_atomic(path, bytes).map_err(|cause| SimError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     })
 }
 
@@ -97,7 +97,7 @@ pub fn export_federation(
 
     std::fs::create_dir_all(out.join("clients")).map_err(|e| SimError::Io {
         path: out.join("clients"),
-        source: e,
+        cause: e,
     })?;
     let mut names = Vec::new();
     for c in &partition.clients {

@@ -31,12 +31,20 @@ pub struct EvalReport {
     pub loss: f64,
 }
 
-/// Accuracy and macro-F1 (the mean over labels that occur in gold or predictions).
+/// Accuracy and macro-F1 (the mean over labels that occur in gold or predictions). A label
+/// id at or beyond `num_labels` counts as a class of its own rather than panicking.
 pub fn score(gold: &[usize], pred: &[usize], num_labels: usize) -> LangScore {
     let n = gold.len();
     if n == 0 {
         return LangScore::default();
     }
+    let num_labels = gold
+        .iter()
+        .chain(pred)
+        .map(|&l| l + 1)
+        .max()
+        .unwrap_or(0)
+        .max(num_labels);
     let correct = gold.iter().zip(pred).filter(|(g, p)| g == p).count();
     let mut tp = vec![0usize; num_labels];
     let mut fp = vec![0usize; num_labels];
@@ -122,5 +130,13 @@ mod tests {
         assert!((s.accuracy - 0.6).abs() < 1e-12);
         // class 0: tp1 fp1 fn1 -> 0.5 ; class 1: tp2 fp1 fn0 -> 0.8 ; class 2: tp0 fn1 -> 0
         assert!((s.macro_f1 - (0.5 + 0.8 + 0.0) / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_label_beyond_num_labels_is_its_own_class() {
+        // gold 3 with num_labels 2: class 3 tp0 fn1 -> 0; class 0 tp1 -> 1; class 1 fp1 -> 0.
+        let s = score(&[0, 3], &[0, 1], 2);
+        assert!((s.accuracy - 0.5).abs() < 1e-12);
+        assert!((s.macro_f1 - 1.0 / 3.0).abs() < 1e-12);
     }
 }

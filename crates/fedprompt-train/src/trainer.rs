@@ -19,7 +19,7 @@ pub enum TrainError {
     Model(#[from] fedprompt_model::ModelError),
     /// A tensor operation (loss, optimiser step) failed.
     #[error("tensor computation failed: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
     /// Batching the examples failed.
     #[error(transparent)]
     Data(#[from] fedprompt_data::DataError),
@@ -30,7 +30,12 @@ pub enum TrainError {
     #[error("invalid training configuration: {0}")]
     Config(String),
     /// The training loss became NaN or infinite.
-    #[error("training diverged: the loss became {loss} at epoch {epoch}, step {step}; lower the learning rate")]
+    /// Printed counted from 1, as progress bars and reports count epochs.
+    #[error(
+        "training diverged: the loss became {loss} at epoch {}, step {}; lower the learning rate",
+        .epoch + 1,
+        .step + 1
+    )]
     NonFinite {
         /// The non-finite loss value.
         loss: f32,
@@ -39,6 +44,15 @@ pub enum TrainError {
         /// Step within that epoch, counted from 0.
         step: usize,
     },
+}
+
+// `Candle` prints its inner error after a prefix, so its `From` is written by hand
+// rather than with `#[from]`, which would also return it as the source and have it printed
+// twice by an error chain.
+impl From<candle_core::Error> for TrainError {
+    fn from(e: candle_core::Error) -> Self {
+        TrainError::Candle(e)
+    }
 }
 
 fn d_lr() -> f64 {

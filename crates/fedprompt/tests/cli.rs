@@ -362,6 +362,37 @@ fn missing_model_folder() {
 }
 
 #[test]
+fn an_os_error_is_printed_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let missing = t.join("missing.toml");
+    let o = run(fedprompt(t).arg("experiment").arg(&missing));
+    assert_fails_with(&o, 1, "missing.toml");
+    let err = stderr(&o);
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+    // A reader's I/O error, wrapped by the simulator (it was printed three times).
+    std::fs::create_dir(t.join("d.jsonl")).unwrap();
+    let exp = t.join("exp.toml");
+    let toml = format!(
+        "name = \"t\"\n[model]\npath = {:?}\n[data]\n\
+         source = {{ type = \"files\", train = \"d.jsonl\", eval = \"d.jsonl\" }}\n\
+         languages = [\"en\"]\n[[run]]\nlabel = \"m\"\nparadigm = \"monolingual\"\n\
+         method = {{ type = \"prompt\", num_virtual_tokens = 1 }}\n",
+        fixture_model()
+    );
+    std::fs::write(&exp, toml).unwrap();
+    let o = run(fedprompt(t)
+        .current_dir(t)
+        .arg("experiment")
+        .arg(&exp)
+        .arg("--output")
+        .arg(t.join("out")));
+    assert_fails_with(&o, 1, "d.jsonl");
+    let err = stderr(&o);
+    assert_eq!(err.matches("os error").count(), 1, "{err}");
+}
+
+#[test]
 fn missing_data_file() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();

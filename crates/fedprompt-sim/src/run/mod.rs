@@ -129,10 +129,10 @@ pub fn load_backbone(path: &str) -> Result<Backbone> {
     Ok(Backbone::load(&dir)?)
 }
 
-fn io_err(path: &Path, source: std::io::Error) -> SimError {
+fn io_err(path: &Path, cause: std::io::Error) -> SimError {
     SimError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 

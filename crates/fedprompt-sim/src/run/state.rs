@@ -70,17 +70,17 @@ fn unreadable(path: &Path, e: impl std::fmt::Display) -> SimError {
 /// Writes `v` as pretty JSON, atomically.
 pub(crate) fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     let text = serde_json::to_vec_pretty(v).expect("serialisable");
-    fedprompt_io::write_atomic(path, &text).map_err(|source| SimError::Io {
+    fedprompt_io::write_atomic(path, &text).map_err(|cause| SimError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     })
 }
 
 /// Reads what [`write_json`] wrote.
 pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text = std::fs::read(path).map_err(|source| SimError::Io {
+    let text = std::fs::read(path).map_err(|cause| SimError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     serde_json::from_slice(&text).map_err(|e| unreadable(path, e))
 }
