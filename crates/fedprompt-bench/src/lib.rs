@@ -79,7 +79,7 @@ pub struct BenchOptions {
     /// Skip the bytes-per-round table.
     #[arg(long)]
     pub no_bytes: bool,
-    /// The random XLM-R-base folder (default: <fedprompt cache>/bench/<shape>, written once).
+    /// The random XLM-R-base folder (default: `<fedprompt cache>/bench/<shape>`, written once).
     #[arg(long)]
     pub base_model_dir: Option<PathBuf>,
     /// The small model folder (default: fedprompt_hub::default_model_dir()).

@@ -29,7 +29,7 @@ pub struct Args {
     /// Continue from the checkpoints of an interrupted run of the same file.
     #[arg(long)]
     pub resume: bool,
-    /// Results folder (default: the file's `output`, else results/<name>).
+    /// Results folder (default: the file's `output`, else `results/<name>`).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
     /// Check the file and the data, print the plan, and stop.
