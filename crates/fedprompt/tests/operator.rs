@@ -101,11 +101,13 @@ impl Drop for Proc {
 }
 
 /// Writes development credentials for client `sw` into `dir` with the CLI.
+/// Credentials for client `sw` and for `idle`, which never connects (so a quorum of two
+/// can be met in principle, and no round starts while `sw` alone is connected).
 fn devcerts(tmp: &Path, dir: &Path) {
     let o = fedprompt(tmp)
         .arg("devcerts")
         .arg(dir)
-        .args(["--clients", "sw"])
+        .args(["--clients", "sw,idle"])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
