@@ -91,8 +91,8 @@ async fn untrusted_superlink_certificate_says_root_certificates() {
     .unwrap();
     let toml = format!(
         "address = \"127.0.0.1:0\"\ntokens = \"{}\"\nrounds = 1\ncheckpoint = \"{}\"\n\
-         [tls]\ncert = \"{}\"\nkey = \"{}\"\n[policy]\nmin_available_clients = 5\n\
-         min_fit_clients = 5\n[initial]\ntype = \"file\"\npath = \"{}\"\n",
+         [tls]\ncert = \"{}\"\nkey = \"{}\"\n[policy]\nmin_available_clients = 1\n\
+         min_fit_clients = 1\n[initial]\ntype = \"file\"\npath = \"{}\"\n",
         certs.tokens_file.display(),
         dir.path().join("ck.safetensors").display(),
         certs.server_cert.display(),
