@@ -66,47 +66,25 @@ pub enum SimError {
     },
 }
 
-// The wrappers above print their inner error after a prefix, so they are written by hand
-// rather than with `#[from]`, which would also return it as the source and have it printed
-// twice by an error chain.
-impl From<fedprompt_data::DataError> for SimError {
-    fn from(e: fedprompt_data::DataError) -> Self {
-        SimError::Data(e)
-    }
+// The wrappers above print their inner error after a prefix, so their `From` impls are
+// written here rather than with `#[from]`, which would also return it as the source and have
+// it printed twice by an error chain.
+macro_rules! wrap_without_source {
+    ($($variant:ident($ty:ty)),* $(,)?) => {$(
+        impl From<$ty> for SimError {
+            fn from(e: $ty) -> Self {
+                SimError::$variant(e)
+            }
+        }
+    )*};
 }
 
-impl From<fedprompt_fl::FlError> for SimError {
-    fn from(e: fedprompt_fl::FlError) -> Self {
-        SimError::Fl(e)
-    }
-}
-
-impl From<fedprompt_fl::ParamsError> for SimError {
-    fn from(e: fedprompt_fl::ParamsError) -> Self {
-        SimError::Params(e)
-    }
-}
-
-impl From<fedprompt_report::ReportError> for SimError {
-    fn from(e: fedprompt_report::ReportError) -> Self {
-        SimError::Report(e)
-    }
-}
-
-impl From<fedprompt_hub::HubError> for SimError {
-    fn from(e: fedprompt_hub::HubError) -> Self {
-        SimError::Hub(e)
-    }
-}
-
-impl From<fedprompt_lang::LangError> for SimError {
-    fn from(e: fedprompt_lang::LangError) -> Self {
-        SimError::Lang(e)
-    }
-}
-
-impl From<candle_core::Error> for SimError {
-    fn from(e: candle_core::Error) -> Self {
-        SimError::Candle(e)
-    }
-}
+wrap_without_source!(
+    Data(fedprompt_data::DataError),
+    Fl(fedprompt_fl::FlError),
+    Params(fedprompt_fl::ParamsError),
+    Report(fedprompt_report::ReportError),
+    Hub(fedprompt_hub::HubError),
+    Lang(fedprompt_lang::LangError),
+    Candle(candle_core::Error),
+);

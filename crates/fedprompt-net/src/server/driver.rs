@@ -132,7 +132,7 @@ async fn run_phase(
     let until = tokio::time::Instant::now() + deadline;
     let round = collector.round();
     shared.events.emit(Event::RoundStarted {
-        round: collector.round(),
+        round,
         phase: match collector.phase() {
             Phase::Fit => "fit".into(),
             Phase::Evaluate => "evaluate".into(),
