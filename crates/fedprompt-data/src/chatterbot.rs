@@ -103,7 +103,8 @@ pub fn chatterbot_language_dir(name_or_code: &str) -> Option<&'static str> {
 /// `IA`/`dinero`/`emociones`/`psicologia`/`perfilbot` → `ai`/`money`/
 /// `emotion`/`psychology`/`botprofile`, Dutch `sport` → `sports`, Thai
 /// `greeting` → `greetings`, Persian `profile` → `botprofile`, Hindi
-/// `coversations` → `conversations`; otherwise the stem itself.
+/// `coversations` → `conversations`, Bengali `emotions`/`computer` →
+/// `emotion`/`computers`; otherwise the stem itself.
 pub fn chatterbot_topic(language_dir: &str, stem: &str) -> String {
     let t = match (language_dir, stem) {
         ("spanish", "IA") => "ai",
@@ -115,6 +116,8 @@ pub fn chatterbot_topic(language_dir: &str, stem: &str) -> String {
         ("thai", "greeting") => "greetings",
         ("persian", "profile") => "botprofile",
         ("hindi", "coversations") => "conversations",
+        ("bengali", "emotions") => "emotion",
+        ("bengali", "computer") => "computers",
         (_, s) => s,
     };
     t.to_string()

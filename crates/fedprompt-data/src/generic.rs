@@ -275,6 +275,31 @@ fn read_delimited_raw(
     Ok(rows)
 }
 
+/// A quoted field that runs over several lines, one of which holds as many delimiters as a
+/// whole row, is, in practice, an unclosed `"` that swallowed the rows after it (the csv
+/// crate, like Python's, reads on to the next quote). Returns what to tell the user, or
+/// `None` for an ordinary record. A two-column CSV file cannot be told apart from a text
+/// with commas and line breaks, so it is never flagged.
+fn merged_rows(rec: &csv::ByteRecord, delimiter: u8, columns: usize) -> Option<String> {
+    let need = columns.saturating_sub(1).max(1);
+    if delimiter != b'\t' && columns < 3 {
+        return None;
+    }
+    rec.iter().find_map(|field| {
+        let mut lines = field.split(|&b| b == b'\n');
+        lines.next();
+        let rows = lines
+            .filter(|l| l.iter().filter(|&&b| b == delimiter).count() >= need)
+            .count();
+        (rows > 0).then(|| {
+            format!(
+                "a quoted field runs over {} lines, {rows} of which look like rows of their own: an unclosed `\"` probably merged the rows after this line into one field; if this file's texts contain bare quotes, read it with quoting off (`quoting = false` in the format, `--no-quoting` on the command line)",
+                field.iter().filter(|&&b| b == b'\n').count() + 1
+            )
+        })
+    })
+}
+
 /// Streams a delimited file with a header, calling `row(policy, line, cells)`
 /// with the cells of `columns` in that order. Field-count errors, invalid
 /// UTF-8 and errors returned by `row` go through the policy.
@@ -321,6 +346,12 @@ where
                 let line = rec.position().map_or(0, |p| p.line() as usize);
                 if rec.len() == 1 && rec[0].iter().all(u8::is_ascii_whitespace) {
                     continue;
+                }
+                if quoting {
+                    if let Some(msg) = merged_rows(&rec, delimiter, header.len()) {
+                        policy.bad(policy.bad_line(line, msg))?;
+                        continue;
+                    }
                 }
                 let cells: Result<Vec<&str>> =
                     idx.iter().map(|&i| decode(path, line, &rec[i])).collect();

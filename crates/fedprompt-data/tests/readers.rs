@@ -396,3 +396,54 @@ fn select_languages_errors_on_missing_language() {
         Err(DataError::EmptyLanguage { .. })
     ));
 }
+
+#[test]
+fn an_unclosed_quote_that_merges_rows_is_an_error_with_line_and_fix() {
+    // An XNLI-MT-style TSV: a bare `"` opens a quoted field on line 3 that the csv parser
+    // would run on to the next quote, swallowing lines 4-10 into one field.
+    let mut text = String::from("language\tpremise\tlabel\n");
+    text.push_str("en\tA plain line.\tentailment\n");
+    text.push_str("en\t\"Quoted at the start, never closed.\tneutral\n");
+    for i in 0..7 {
+        text.push_str(&format!("en\tLine {i} after it.\tcontradiction\n"));
+    }
+    text.push_str("en\tThe \"end\" quote.\tneutral\n");
+    let (_d, p) = temp_file("xnli-mt.tsv", text.as_bytes());
+    let fmt = GenericFormat {
+        text: "premise".into(),
+        language_column: Some("language".into()),
+        ..GenericFormat::default()
+    };
+    let labels = LabelMap::new(["entailment", "neutral", "contradiction"]).unwrap();
+    let e = read_generic(&p, &fmt, &labels, &STRICT)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(":3") || e.contains("line 3"), "{e}");
+    assert!(
+        e.contains("quoting = false") && e.contains("--no-quoting"),
+        "{e}"
+    );
+    // Skipping reports it as a warning, with the same advice, and keeps the rest.
+    let out = read_generic(&p, &fmt, &labels, &SKIP).unwrap();
+    assert_eq!(out.warnings.len(), 1);
+    assert!(out.warnings[0].message.contains("quoting = false"));
+    // With quoting off, every one of the ten rows is read, quotes kept as text.
+    let off = GenericFormat {
+        quoting: false,
+        ..fmt
+    };
+    let out = read_generic(&p, &off, &labels, &STRICT).unwrap();
+    assert_eq!(out.examples.len(), 10);
+    assert!(out.examples[1].text.starts_with('"'));
+}
+
+#[test]
+fn a_quoted_csv_field_with_a_line_break_is_still_one_text() {
+    // A legitimate multi-line quoted CSV field (as `datasets.to_csv` writes) holds no delimiter.
+    let text = "text,label\n\"first line\nsecond line\",a\nplain,b\n";
+    let (_d, p) = temp_file("ok.csv", text.as_bytes());
+    let labels = LabelMap::new(["a", "b"]).unwrap();
+    let out = read_generic(&p, &GenericFormat::default(), &labels, &STRICT).unwrap();
+    assert_eq!(out.examples.len(), 2);
+    assert_eq!(out.examples[0].text, "first line\nsecond line");
+}

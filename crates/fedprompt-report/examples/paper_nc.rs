@@ -35,6 +35,7 @@ fn curve(paradigm: &str, end: f64, speed: f64) -> Curve {
     Curve {
         paradigm: paradigm.into(),
         points,
+        sd: Vec::new(),
     }
 }
 
@@ -132,11 +133,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             paradigm: "PE_Monolingual".into(),
             train_size: size,
             accuracy: mono,
+            sd: None,
         });
         data_efficiency.push(DataEffPoint {
             paradigm: "PE_FL (IID)".into(),
             train_size: size,
             accuracy: fl,
+            sd: None,
         });
     }
     let distances = [
@@ -154,6 +157,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         task: "XGLUE-NC".into(),
         model: "xlm-roberta-base".into(),
         seed: 42,
+        seeds: Vec::new(),
         languages: langs.iter().map(|s| s.to_string()).collect(),
         rows,
         curves,

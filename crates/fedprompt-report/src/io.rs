@@ -78,6 +78,51 @@ pub struct CurveRecord {
     pub accuracy: f64,
     /// Evaluation loss (empty when not measured).
     pub loss: Option<f64>,
+    /// Standard deviation of the accuracy over seeds (empty for a single seed).
+    pub sd: Option<f64>,
+}
+
+/// One line of `seeds.csv`: one seed's accuracy on one language (`language` = `avg` for the
+/// average over languages).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct SeedRecord {
+    /// Paradigm label.
+    pub paradigm: String,
+    /// The experiment seed.
+    pub seed: u64,
+    /// Language code, or `avg`.
+    pub language: String,
+    /// Accuracy in `[0, 1]`.
+    pub accuracy: f64,
+    /// Round/epoch of the reported model (mean over languages for monolingual runs).
+    pub best: Option<f64>,
+    /// Last round/epoch run.
+    pub stopped: Option<f64>,
+}
+
+/// Long-format per-seed records (empty for a single seed).
+pub fn seed_records(r: &RunResults) -> Vec<SeedRecord> {
+    let mut out = Vec::new();
+    for row in &r.rows {
+        for s in &row.per_seed {
+            let conv = s.convergence.as_ref();
+            let rec = |language: String, accuracy: f64| SeedRecord {
+                paradigm: row.paradigm.clone(),
+                seed: s.seed,
+                language,
+                accuracy,
+                best: conv.map(|c| c.best),
+                stopped: conv.map(|c| c.stopped),
+            };
+            for lang in &r.languages {
+                if let Some(a) = s.per_language.get(lang) {
+                    out.push(rec(lang.clone(), *a));
+                }
+            }
+            out.push(rec("avg".into(), s.average));
+        }
+    }
+    out
 }
 
 /// Long-format accuracy records, rows in order and languages in `languages` order.
@@ -101,18 +146,19 @@ pub fn accuracy_records(r: &RunResults) -> Vec<AccuracyRecord> {
     out
 }
 
-/// Writes `accuracy.csv`, `comm.csv`, `curves.csv` and `data_efficiency.csv`, skipping any
+/// Writes `accuracy.csv`, `comm.csv`, `curves.csv`, `data_efficiency.csv` and `seeds.csv`, skipping any
 /// that would have no lines; returns the files written.
 pub fn write_csvs(r: &RunResults, dir: &Path) -> Result<Vec<PathBuf>> {
     let curves: Vec<CurveRecord> = r
         .curves
         .iter()
         .flat_map(|c| {
-            c.points.iter().map(|p| CurveRecord {
+            c.points.iter().enumerate().map(|(i, p)| CurveRecord {
                 paradigm: c.paradigm.clone(),
                 round: p.round,
                 accuracy: p.accuracy,
                 loss: p.loss,
+                sd: c.sd.get(i).copied(),
             })
         })
         .collect();
@@ -121,6 +167,7 @@ pub fn write_csvs(r: &RunResults, dir: &Path) -> Result<Vec<PathBuf>> {
         write_csv(dir.join("comm.csv"), &r.comm)?,
         write_csv(dir.join("curves.csv"), &curves)?,
         write_csv(dir.join("data_efficiency.csv"), &r.data_efficiency)?,
+        write_csv(dir.join("seeds.csv"), &seed_records(r))?,
     ];
     Ok(written.into_iter().flatten().collect())
 }

@@ -17,8 +17,11 @@ pub struct RunResults {
     pub task: String,
     /// Backbone model name or folder.
     pub model: String,
-    /// Seed the run was made with.
+    /// Seed the run was made with (the first of `seeds` when several ran).
     pub seed: u64,
+    /// Every seed the results are a mean over (empty or one seed: a single run).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seeds: Vec<u64>,
     /// Evaluation languages, in table column order.
     pub languages: Vec<String>,
     /// One row per paradigm of the main table.
@@ -65,6 +68,78 @@ pub struct ParadigmRow {
     pub per_language: BTreeMap<String, LangMetrics>,
     /// Average accuracy over languages in `[0, 1]`.
     pub average: f64,
+    /// Standard deviations over seeds (present when the row is a mean over several seeds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<Spread>,
+    /// Each seed's numbers (present when the row is a mean over several seeds).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_seed: Vec<SeedRow>,
+    /// Where training stopped and which round/epoch was best (early stopping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub convergence: Option<Convergence>,
+}
+
+/// Sample standard deviations (n − 1) over seeds of a row's accuracies, in `[0, 1]` units.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Spread {
+    /// Number of seeds.
+    pub seeds: usize,
+    /// Standard deviation of the average accuracy.
+    pub average_sd: f64,
+    /// Standard deviation of each language's accuracy.
+    pub per_language_sd: BTreeMap<String, f64>,
+}
+
+/// One seed's numbers of a row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeedRow {
+    /// The experiment seed.
+    pub seed: u64,
+    /// Average accuracy over languages.
+    pub average: f64,
+    /// Accuracy per language.
+    pub per_language: BTreeMap<String, f64>,
+    /// Where this seed's training stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub convergence: Option<Convergence>,
+}
+
+/// Early stopping's record: the best and the last round (federated) or epoch (local) of the
+/// models behind a row, as means over models (languages of a monolingual run, seeds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Convergence {
+    /// `round` (federated runs) or `epoch` (monolingual and centralized runs).
+    pub unit: String,
+    /// Mean round/epoch of the best eval accuracy (the reported model).
+    pub best: f64,
+    /// Mean last round/epoch run.
+    pub stopped: f64,
+    /// The maximum allowed.
+    pub max: u64,
+    /// Models trained (seeds × languages for monolingual runs).
+    pub models: usize,
+    /// How many of them ran to `max` without the patience running out (not converged by the
+    /// rule: a larger maximum might have found a better model).
+    pub hit_max: usize,
+}
+
+impl Convergence {
+    /// The mean of several records of the same unit and maximum (`None` for none).
+    pub fn mean(all: &[Convergence]) -> Option<Convergence> {
+        let first = all.first()?;
+        let models: usize = all.iter().map(|c| c.models).sum();
+        let w = |f: fn(&Convergence) -> f64| {
+            all.iter().map(|c| f(c) * c.models as f64).sum::<f64>() / models.max(1) as f64
+        };
+        Some(Convergence {
+            unit: first.unit.clone(),
+            best: w(|c| c.best),
+            stopped: w(|c| c.stopped),
+            max: all.iter().map(|c| c.max).max().unwrap_or(first.max),
+            models,
+            hit_max: all.iter().map(|c| c.hit_max).sum(),
+        })
+    }
 }
 
 impl ParadigmRow {
@@ -86,6 +161,9 @@ impl ParadigmRow {
             setting: setting.into(),
             per_language,
             average,
+            spread: None,
+            per_seed: Vec::new(),
+            convergence: None,
         }
     }
 }
@@ -97,6 +175,10 @@ pub struct Curve {
     pub paradigm: String,
     /// Points in round order.
     pub points: Vec<RoundPoint>,
+    /// Standard deviation over seeds of each point's accuracy (aligned with `points`; empty
+    /// for a single seed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sd: Vec<f64>,
 }
 
 /// One evaluation after a round (or epoch).
@@ -168,8 +250,11 @@ pub struct DataEffPoint {
     pub paradigm: String,
     /// Training examples (per language or client).
     pub train_size: usize,
-    /// Accuracy in `[0, 1]`.
+    /// Accuracy in `[0, 1]` (mean over seeds when several ran).
     pub accuracy: f64,
+    /// Standard deviation over seeds (absent for a single seed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sd: Option<f64>,
 }
 
 fn check_unit(what: &str, value: f64) -> Result<()> {

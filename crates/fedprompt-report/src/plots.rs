@@ -11,7 +11,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::error::{io_err, ReportError, Result};
-use crate::model::RunResults;
+use crate::model::{Curve, RunResults};
 use crate::tables::group_thousands;
 
 /// Width and height of every plot, in pixels (PNG) or user units (SVG).
@@ -400,10 +400,15 @@ fn draw_curves<DB: DrawingBackend>(r: &RunResults, root: &DrawingArea<DB, Shift>
     let step = ((last - first) / 12 + 1) as usize;
     let ticks: Vec<f64> = (first..=last).step_by(step).map(f64::from).collect();
     let x = Ticks::new(f64::from(first) - 0.5..f64::from(last) + 0.5, ticks);
+    // With several seeds: mean ± sd, the band drawn under the line.
+    let sd_of = |c: &Curve, i: usize| c.sd.get(i).copied().unwrap_or(0.0);
     let y = pct_range(
-        curves
-            .iter()
-            .flat_map(|c| c.points.iter().map(|p| p.accuracy)),
+        curves.iter().flat_map(|c| {
+            c.points.iter().enumerate().flat_map(move |(i, p)| {
+                let s = sd_of(c, i);
+                [p.accuracy - s, p.accuracy + s]
+            })
+        }),
         false,
     );
     let mut chart = chart_builder(&area).build_cartesian_2d(x, y).map_err(pe)?;
@@ -414,6 +419,26 @@ fn draw_curves<DB: DrawingBackend>(r: &RunResults, root: &DrawingArea<DB, Shift>
             .iter()
             .map(|p| (f64::from(p.round), p.accuracy * 100.0))
             .collect();
+        if !c.sd.is_empty() {
+            let upper = c
+                .points
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (f64::from(p.round), (p.accuracy + sd_of(c, i)) * 100.0));
+            let lower = c
+                .points
+                .iter()
+                .enumerate()
+                .rev()
+                .map(|(i, p)| (f64::from(p.round), (p.accuracy - sd_of(c, i)) * 100.0));
+            let band: Vec<(f64, f64)> = upper.chain(lower).collect();
+            chart
+                .draw_series(std::iter::once(Polygon::new(
+                    band,
+                    colour(*idx).mix(0.18).filled(),
+                )))
+                .map_err(pe)?;
+        }
         chart
             .draw_series(LineSeries::new(pts.clone(), colour(*idx).stroke_width(3)))
             .map_err(pe)?;
@@ -438,8 +463,17 @@ fn draw_bars<DB: DrawingBackend>(r: &RunResults, root: &DrawingArea<DB, Shift>) 
     groups.push("Avg".into());
     let n = groups.len();
     let y = pct_range(
-        rows.iter()
-            .flat_map(|row| row.per_language.values().map(|m| m.accuracy)),
+        rows.iter().flat_map(|row| {
+            row.per_language.iter().map(|(l, m)| {
+                m.accuracy
+                    + row
+                        .spread
+                        .as_ref()
+                        .and_then(|s| s.per_language_sd.get(l))
+                        .copied()
+                        .unwrap_or(0.0)
+            })
+        }),
         true,
     );
     let x = Ticks::new(0.0..n as f64, (0..n).map(|i| i as f64 + 0.5).collect());
@@ -468,6 +502,31 @@ fn draw_bars<DB: DrawingBackend>(r: &RunResults, root: &DrawingArea<DB, Shift>) 
             })
         });
         chart.draw_series(bars).map_err(pe)?;
+        // Error bars: ± one standard deviation over seeds.
+        if let Some(spread) = &row.spread {
+            let sds = r
+                .languages
+                .iter()
+                .map(|l| {
+                    row.per_language.get(l).map(|m| {
+                        (
+                            m.accuracy,
+                            spread.per_language_sd.get(l).copied().unwrap_or(0.0),
+                        )
+                    })
+                })
+                .chain(std::iter::once(Some((row.average, spread.average_sd))));
+            let whiskers = sds.enumerate().filter_map(|(i, v)| {
+                let xc = i as f64 + 0.1 + j as f64 * width + width * 0.46;
+                v.map(|(a, s)| {
+                    PathElement::new(
+                        vec![(xc, ((a - s) * 100.0).max(0.0)), (xc, (a + s) * 100.0)],
+                        BLACK.stroke_width(2),
+                    )
+                })
+            });
+            chart.draw_series(whiskers).map_err(pe)?;
+        }
     }
     Ok(())
 }
@@ -493,7 +552,15 @@ fn draw_data_eff<DB: DrawingBackend>(r: &RunResults, root: &DrawingArea<DB, Shif
         (lo / 1.5..hi * 1.5).log_scale(),
         sizes.iter().map(|&s| s as f64).collect(),
     );
-    let y = pct_range(r.data_efficiency.iter().map(|d| d.accuracy), false);
+    let y = pct_range(
+        r.data_efficiency.iter().flat_map(|d| {
+            [
+                d.accuracy - d.sd.unwrap_or(0.0),
+                d.accuracy + d.sd.unwrap_or(0.0),
+            ]
+        }),
+        false,
+    );
     let mut chart = chart_builder(&area).build_cartesian_2d(x, y).map_err(pe)?;
     mesh(
         &mut chart,
@@ -509,6 +576,18 @@ fn draw_data_eff<DB: DrawingBackend>(r: &RunResults, root: &DrawingArea<DB, Shif
             .map(|d| (d.train_size as f64, d.accuracy * 100.0))
             .collect();
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let whiskers = r
+            .data_efficiency
+            .iter()
+            .filter(|d| d.paradigm == *name)
+            .filter_map(|d| d.sd.map(|s| (d.train_size as f64, d.accuracy, s)))
+            .map(|(x, a, s)| {
+                PathElement::new(
+                    vec![(x, (a - s) * 100.0), (x, (a + s) * 100.0)],
+                    colour(*idx).stroke_width(2),
+                )
+            });
+        chart.draw_series(whiskers).map_err(pe)?;
         chart
             .draw_series(LineSeries::new(pts.clone(), colour(*idx).stroke_width(3)))
             .map_err(pe)?;

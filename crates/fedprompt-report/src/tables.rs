@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::model::{CommRow, ParadigmRow, RunResults};
+use crate::model::{CommRow, Convergence, ParadigmRow, RunResults};
 
 /// Most languages the terminal summary shows one column each for; beyond, it shows min and max.
 const SUMMARY_MAX_LANGS: usize = 8;
@@ -65,6 +65,16 @@ fn share(trainable: u64, total: u64) -> String {
     }
 }
 
+/// `Seed: 0` or `Seeds: 0, 1, 2`.
+fn seeds_label(r: &RunResults) -> String {
+    if r.seeds.len() > 1 {
+        let list: Vec<String> = r.seeds.iter().map(u64::to_string).collect();
+        format!("Seeds: {}", list.join(", "))
+    } else {
+        format!("Seed: {}", r.seed)
+    }
+}
+
 fn row_values(r: &RunResults, row: &ParadigmRow) -> Vec<Option<f64>> {
     r.languages
         .iter()
@@ -104,23 +114,92 @@ pub fn accuracy_table(r: &RunResults) -> String {
     let best: Vec<Option<i64>> = (0..ncols)
         .map(|c| values.iter().filter_map(|v| v[c].map(tenths)).max())
         .collect();
+    let with_conv = r.rows.iter().any(|row| row.convergence.is_some());
     let mut out = String::new();
     let mut header = vec!["Paradigm".to_string(), "Method".to_string()];
     header.extend(r.languages.iter().cloned());
     header.push("Avg".into());
+    if with_conv {
+        header.push("Best / stopped (max)".into());
+    }
     md_row(&mut out, &header);
-    md_rule(&mut out, 2, ncols);
+    md_rule(&mut out, 2, ncols + usize::from(with_conv));
     for (row, vals) in r.rows.iter().zip(&values) {
         let mut cells = vec![row.paradigm.clone(), row.method.clone()];
-        for (v, b) in vals.iter().zip(&best) {
+        let sds = row_sds(r, row);
+        for ((v, b), sd) in vals.iter().zip(&best).zip(&sds) {
+            let pm = |x: f64| match sd {
+                Some(s) => format!("{} ± {}", percent(x), percent(*s)),
+                None => percent(x),
+            };
             cells.push(match v {
                 None => "–".into(),
                 Some(x) if Some(tenths(*x)) == *b && r.rows.len() > 1 => {
-                    format!("**{}**", percent(*x))
+                    format!("**{}**", pm(*x))
                 }
-                Some(x) => percent(*x),
+                Some(x) => pm(*x),
             });
         }
+        if with_conv {
+            cells.push(
+                row.convergence
+                    .as_ref()
+                    .map_or("–".into(), convergence_cell),
+            );
+        }
+        md_row(&mut out, &cells);
+    }
+    out
+}
+
+/// Standard deviations over seeds aligned with [`row_values`] (`None` for a single seed).
+fn row_sds(r: &RunResults, row: &ParadigmRow) -> Vec<Option<f64>> {
+    r.languages
+        .iter()
+        .map(|l| {
+            row.spread
+                .as_ref()
+                .and_then(|s| s.per_language_sd.get(l).copied())
+        })
+        .chain(std::iter::once(row.spread.as_ref().map(|s| s.average_sd)))
+        .collect()
+}
+
+/// `round 7.3 / 12.3 (30)`, with how many models hit the maximum when some did.
+fn convergence_cell(c: &Convergence) -> String {
+    let mut s = format!("{} {:.1} / {:.1} ({})", c.unit, c.best, c.stopped, c.max);
+    if c.hit_max > 0 {
+        let _ = write!(s, ", {}/{} at max", c.hit_max, c.models);
+    }
+    s
+}
+
+/// Each seed's average accuracy per row (empty string for a single seed).
+pub fn seeds_table(r: &RunResults) -> String {
+    let seeds: Vec<u64> = match r.rows.iter().find(|row| !row.per_seed.is_empty()) {
+        Some(row) => row.per_seed.iter().map(|s| s.seed).collect(),
+        None => return String::new(),
+    };
+    let mut out = String::new();
+    let mut header = vec!["Paradigm".to_string()];
+    header.extend(seeds.iter().map(|s| format!("seed {s}")));
+    header.push("Mean ± sd".into());
+    md_row(&mut out, &header);
+    md_rule(&mut out, 1, seeds.len() + 1);
+    for row in &r.rows {
+        let mut cells = vec![row.paradigm.clone()];
+        for s in &seeds {
+            cells.push(
+                row.per_seed
+                    .iter()
+                    .find(|x| x.seed == *s)
+                    .map_or("–".into(), |x| percent(x.average)),
+            );
+        }
+        cells.push(match &row.spread {
+            Some(sp) => format!("{} ± {}", percent(row.average), percent(sp.average_sd)),
+            None => percent(row.average),
+        });
         md_row(&mut out, &cells);
     }
     out
@@ -168,8 +247,11 @@ pub fn comm_table(rows: &[CommRow]) -> String {
 /// The whole `tables.md`: a header, the accuracy table and the communication table.
 pub fn tables_markdown(r: &RunResults) -> String {
     let mut out = format!(
-        "# {}\n\nTask: {} · Model: {} · Seed: {}\n",
-        r.experiment, r.task, r.model, r.seed
+        "# {}\n\nTask: {} · Model: {} · {}\n",
+        r.experiment,
+        r.task,
+        r.model,
+        seeds_label(r)
     );
     if !r.meta.is_empty() {
         out.push('\n');
@@ -179,8 +261,31 @@ pub fn tables_markdown(r: &RunResults) -> String {
     }
     let acc = accuracy_table(r);
     if !acc.is_empty() {
-        out.push_str("\n## Accuracy (%)\n\nBold: best in column.\n\n");
+        out.push_str("\n## Accuracy (%)\n\nBold: best in column.");
+        if r.seeds.len() > 1 {
+            let _ = write!(
+                out,
+                " Mean ± sample standard deviation over {} seeds ({}).",
+                r.seeds.len(),
+                r.seeds
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if r.rows.iter().any(|row| row.convergence.is_some()) {
+            out.push_str(
+                " Best / stopped: the round (federated) or epoch (local) whose model is reported and the last one run, means over seeds and languages; the maximum in brackets.",
+            );
+        }
+        out.push_str("\n\n");
         out.push_str(&acc);
+        let per_seed = seeds_table(r);
+        if !per_seed.is_empty() {
+            out.push_str("\n## Average accuracy per seed (%)\n\n");
+            out.push_str(&per_seed);
+        }
     }
     let comm = comm_table(&r.comm);
     if !comm.is_empty() {
@@ -199,8 +304,11 @@ pub fn tables_markdown(r: &RunResults) -> String {
 /// are many languages) and average, plus trainable parameters and traffic.
 pub fn render_summary(r: &RunResults) -> String {
     let mut out = format!(
-        "{} — {} on {}, seed {}\n",
-        r.experiment, r.task, r.model, r.seed
+        "{} — {} on {}, {}\n",
+        r.experiment,
+        r.task,
+        r.model,
+        seeds_label(r).to_lowercase().replace(':', "")
     );
     if !r.rows.is_empty() {
         out.push('\n');
@@ -244,7 +352,10 @@ pub fn render_summary(r: &RunResults) -> String {
                     );
                 }
             }
-            cells.push(percent(row.average));
+            cells.push(match &row.spread {
+                Some(sp) => format!("{} ± {}", percent(row.average), percent(sp.average_sd)),
+                None => percent(row.average),
+            });
             md_row(&mut out, &cells);
         }
     }

@@ -33,6 +33,7 @@ fn golden() -> RunResults {
         task: "nc".into(),
         model: "tiny-xlmr".into(),
         seed: 7,
+        seeds: Vec::new(),
         languages: vec!["en".into(), "es".into()],
         rows: vec![
             row(
@@ -89,6 +90,7 @@ fn full() -> RunResults {
                     loss: (round % 2 == 0).then_some(1.0 / f64::from(round)),
                 })
                 .collect(),
+            sd: Vec::new(),
         })
         .collect();
     for (size, mono, fl) in [(30, 0.2, 0.7), (300, 0.45, 0.78), (3000, 0.6, 0.82)] {
@@ -97,6 +99,7 @@ fn full() -> RunResults {
                 paradigm: p.into(),
                 train_size: size,
                 accuracy: a,
+                sd: None,
             });
         }
     }
@@ -478,4 +481,75 @@ fn minimal_json_loads_with_defaults() {
     .unwrap();
     let r = load(&path).unwrap();
     assert!(r.rows.is_empty() && r.distances.is_none() && r.meta.is_empty());
+}
+
+#[test]
+fn seeds_combine_to_exact_means_and_sample_sds_and_render_with_spread() {
+    use fedprompt_report::combine_seeds;
+    // Three seeds of the full results, with accuracies shifted by -0.03, 0, +0.06.
+    let shifts = [-0.03, 0.0, 0.06];
+    let runs: Vec<RunResults> = shifts
+        .iter()
+        .map(|d| {
+            let mut r = full();
+            for row in &mut r.rows {
+                for m in row.per_language.values_mut() {
+                    m.accuracy += d;
+                }
+                row.average += d;
+            }
+            for c in &mut r.curves {
+                c.points.truncate(if *d > 0.0 { 4 } else { 6 });
+                for p in &mut c.points {
+                    p.accuracy += d;
+                }
+            }
+            for p in &mut r.data_efficiency {
+                p.accuracy += d;
+            }
+            r
+        })
+        .collect();
+    let base = full();
+    let r = combine_seeds(runs, &[1, 2, 3]).unwrap();
+    assert_eq!(r.seeds, vec![1, 2, 3]);
+    // Mean shift 0.01; sample sd of {-0.03, 0, 0.06} = sqrt((0.0016 + 0.0001 + 0.0025) / 2).
+    let sd = ((0.0016f64 + 0.0001 + 0.0025) / 2.0).sqrt();
+    for (row, b) in r.rows.iter().zip(&base.rows) {
+        assert!((row.average - (b.average + 0.01)).abs() < 1e-12);
+        let spread = row.spread.as_ref().unwrap();
+        assert_eq!(spread.seeds, 3);
+        assert!((spread.average_sd - sd).abs() < 1e-12);
+        for (lang, m) in &row.per_language {
+            assert!((m.accuracy - (b.per_language[lang].accuracy + 0.01)).abs() < 1e-12);
+            assert!((spread.per_language_sd[lang] - sd).abs() < 1e-12);
+        }
+        let seeds: Vec<u64> = row.per_seed.iter().map(|s| s.seed).collect();
+        assert_eq!(seeds, vec![1, 2, 3]);
+        assert!((row.per_seed[2].average - (b.average + 0.06)).abs() < 1e-12);
+    }
+    // Curves: rounds 5 and 6 only have the two seeds that reached them.
+    let c = &r.curves[0];
+    assert_eq!(c.points.len(), 6);
+    let b = &base.curves[0].points;
+    assert!((c.points[0].accuracy - (b[0].accuracy + 0.01)).abs() < 1e-12);
+    assert!((c.points[5].accuracy - (b[5].accuracy - 0.015)).abs() < 1e-12);
+    assert!((c.sd[5] - 0.03 / 2f64.sqrt()).abs() < 1e-12);
+    let d = &r.data_efficiency[0];
+    assert!((d.sd.unwrap() - sd).abs() < 1e-12);
+    // Tables show mean ± sd and a per-seed table; plots and CSVs are written.
+    let md = tables_markdown(&r);
+    assert!(md.contains("Seeds: 1, 2, 3"), "{md}");
+    assert!(md.contains("83.9 ± 4.6"), "{md}");
+    assert!(md.contains("| seed 1 | seed 2 | seed 3 |"), "{md}");
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_all(&r, dir.path()).unwrap();
+    assert!(files.iter().any(|f| f.ends_with("seeds.csv")));
+    let svg = fs::read_to_string(dir.path().join("per_language.svg")).unwrap();
+    assert!(svg.contains("<polyline") || svg.contains("<path") || svg.contains("<line"));
+    // Mismatched inputs are refused.
+    assert!(combine_seeds(vec![full()], &[1, 2]).is_err());
+    let mut other = full();
+    other.rows.pop();
+    assert!(combine_seeds(vec![full(), other], &[1, 2]).is_err());
 }

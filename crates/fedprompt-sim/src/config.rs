@@ -22,6 +22,11 @@ pub struct ExperimentConfig {
     /// Master seed: data sampling, initialisation, batches, dropout, client sampling.
     #[serde(default)]
     pub seed: u64,
+    /// Several master seeds: the whole experiment runs once per seed and the tables report
+    /// mean ± standard deviation (each seed's numbers are kept in `results.json` and
+    /// `seeds.csv`). Replaces `seed` when given.
+    #[serde(default)]
+    pub seeds: Vec<u64>,
     /// Results folder (default `results/<name>`), relative to the current directory.
     #[serde(default)]
     pub output: Option<PathBuf>,
@@ -76,6 +81,11 @@ pub struct DataSection {
     /// Training examples per language (sampled with the seed); all if absent.
     #[serde(default)]
     pub train_per_language: Option<usize>,
+    /// Training examples of particular languages, overriding `train_per_language` for them
+    /// (e.g. `train_sizes = { tr = 24, bn = 24 }` makes Turkish and Bengali low-resource
+    /// clients beside richer ones).
+    #[serde(default)]
+    pub train_sizes: std::collections::BTreeMap<String, usize>,
     /// Evaluation examples per language; all if absent.
     #[serde(default)]
     pub eval_per_language: Option<usize>,
@@ -108,15 +118,35 @@ pub enum DataSource {
         #[serde(default)]
         eval_file: Option<String>,
     },
-    /// XGLUE news classification: `dir/xglue.nc.<lang>.{train,dev}`.
+    /// XGLUE news classification: `dir/xglue.nc.<lang>.<split>`.
+    ///
+    /// The real release has a training file for English only (`xglue.nc.en.train`) and
+    /// `dev` / `test` files for every language, so a per-language setup takes both sides
+    /// from one split: `train_split = "dev"`, `eval_split = "dev"` draws disjoint training and
+    /// evaluation samples of `train_per_language` / `eval_per_language` from each language's
+    /// dev file (label-stratified, seeded).
     XglueNc {
-        /// Folder holding the `xglue.nc.<lang>.train` / `.dev` files.
+        /// Folder holding the `xglue.nc.<lang>.<split>` files.
         dir: PathBuf,
+        /// The split training examples come from (default `train`).
+        #[serde(default = "split_train")]
+        train_split: String,
+        /// The split evaluation examples come from (default `dev`); the same as `train_split`
+        /// splits that file disjointly.
+        #[serde(default = "split_dev")]
+        eval_split: String,
     },
-    /// MasakhaNEWS: `dir/<lang>/{train,dev}.tsv`.
+    /// MasakhaNEWS: `dir/<lang>/<split>.tsv` (`train`, `dev`, `test`).
     Masakhanews {
         /// Folder with one sub-folder per language code.
         dir: PathBuf,
+        /// The split training examples come from (default `train`).
+        #[serde(default = "split_train")]
+        train_split: String,
+        /// The split evaluation examples come from (default `dev`; the paper's 411 per
+        /// language match `test`); the same as `train_split` splits that file disjointly.
+        #[serde(default = "split_dev")]
+        eval_split: String,
     },
     /// Generic CSV/TSV/JSONL files with a language column.
     Files {
@@ -132,6 +162,12 @@ pub enum DataSource {
 
 fn default_eval_fraction() -> f64 {
     0.2
+}
+fn split_train() -> String {
+    "train".into()
+}
+fn split_dev() -> String {
+    "dev".into()
 }
 
 /// Federation defaults.
@@ -150,6 +186,10 @@ pub struct FederationSection {
     /// Local epochs per round.
     #[serde(default = "one_usize")]
     pub local_epochs: usize,
+    /// Early stopping: stop after this many rounds without a better average eval accuracy
+    /// (default: `[train] patience`, the paper's 5); `rounds` is then the maximum.
+    #[serde(default)]
+    pub patience: Option<usize>,
 }
 
 fn default_rounds() -> u64 {
@@ -172,6 +212,7 @@ impl Default for FederationSection {
             fraction: 1.0,
             strategy: default_strategy(),
             local_epochs: 1,
+            patience: None,
         }
     }
 }
@@ -219,17 +260,33 @@ pub struct RunSpec {
     /// Learning rate override (full fine-tuning usually wants a smaller one).
     #[serde(default)]
     pub learning_rate: Option<f64>,
+    /// Early-stopping patience for this run, in epochs or rounds (default: `[federation]
+    /// patience` for federated runs, `[train] patience` otherwise).
+    #[serde(default)]
+    pub patience: Option<usize>,
 }
 
-/// The data-efficiency ablation: rerun one federated run with every client's training set
-/// reduced to each size.
+/// The data-efficiency ablation (the paper's Figure 4): rerun runs with every language's
+/// training set reduced to each size (stratified by label, seeded).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataEfficiency {
-    /// Label of the run to repeat.
-    pub run: String,
-    /// Training examples per client.
+    /// Label of one run to repeat (kept for older files; `runs` names several).
+    #[serde(default)]
+    pub run: Option<String>,
+    /// Labels of the runs to repeat, any paradigm (a federated run's clients, a monolingual
+    /// run's languages and a centralized run's pool are all cut per language).
+    #[serde(default)]
+    pub runs: Vec<String>,
+    /// Training examples per language.
     pub sizes: Vec<usize>,
+}
+
+impl DataEfficiency {
+    /// The labels of the runs to repeat, `run` first.
+    pub fn labels(&self) -> Vec<String> {
+        self.run.iter().chain(&self.runs).cloned().collect()
+    }
 }
 
 impl ExperimentConfig {
@@ -260,6 +317,16 @@ impl ExperimentConfig {
         }
         if self.data.languages.is_empty() {
             return Err("`data.languages` is empty".into());
+        }
+        for (lang, n) in &self.data.train_sizes {
+            if !self.data.languages.contains(lang) {
+                return Err(format!(
+                    "data.train_sizes names `{lang}`, which is not in data.languages"
+                ));
+            }
+            if *n == 0 {
+                return Err(format!("data.train_sizes.{lang} must be at least 1"));
+            }
         }
         if self.model.max_len < 8 {
             return Err("`model.max_len` must be at least 8".into());
@@ -293,18 +360,38 @@ impl ExperimentConfig {
             }
         }
         if let Some(de) = &self.data_efficiency {
-            match self.runs.iter().find(|r| r.label == de.run) {
-                None => return Err(format!("data_efficiency.run `{}` names no run", de.run)),
-                Some(r) if r.paradigm != Paradigm::Federated => {
-                    return Err("data_efficiency.run must be a federated run".into())
+            let labels = de.labels();
+            if labels.is_empty() {
+                return Err("data_efficiency names no run: give `runs = [\"LABEL\", ...]`".into());
+            }
+            for l in &labels {
+                if !self.runs.iter().any(|r| &r.label == l) {
+                    return Err(format!(
+                        "data_efficiency names `{l}`, which is no run's label"
+                    ));
                 }
-                _ => {}
             }
             if de.sizes.is_empty() || de.sizes.contains(&0) {
                 return Err("data_efficiency.sizes must be positive".into());
             }
         }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(s) = self.seeds.iter().find(|s| !seen.insert(**s)) {
+            return Err(format!("seed {s} is listed twice in `seeds`"));
+        }
+        if self.federation.patience == Some(0) || self.runs.iter().any(|r| r.patience == Some(0)) {
+            return Err("patience must be at least 1".into());
+        }
         Ok(())
+    }
+
+    /// The master seeds the experiment runs with: `seeds`, or else `[seed]`.
+    pub fn run_seeds(&self) -> Vec<u64> {
+        if self.seeds.is_empty() {
+            vec![self.seed]
+        } else {
+            self.seeds.clone()
+        }
     }
 
     /// The results folder.

@@ -4,12 +4,14 @@
 //! results (Markdown tables, CSV/JSON, plots).
 #![warn(missing_docs)]
 
+pub mod check;
 pub mod config;
 pub mod data;
 pub mod error;
 pub mod export;
 pub mod run;
 
+pub use check::{check_experiment, count_table, describe_data, first_examples};
 pub use config::{DataSection, DataSource, ExperimentConfig, Paradigm, RunSpec};
 pub use error::{Result, SimError};
 pub use export::{export_federation, FederationExport};

@@ -239,3 +239,245 @@ partition = { type = "iid", clients = 1000 }
     let e = run_err(&cfg);
     assert!(e.contains("diverged"), "{e}");
 }
+
+/// Runs `cfg` into a fresh folder under `dir`.
+fn run_in(cfg: &ExperimentConfig, dir: &Path, name: &str) -> fedprompt_report::RunResults {
+    run_experiment(
+        cfg,
+        &RunOptions {
+            output: Some(dir.join(name)),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .0
+}
+
+#[test]
+fn early_stopping_stops_federated_and_local_runs_by_the_patience_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = r#"
+[[run]]
+label = "PE_Monolingual"
+paradigm = "monolingual"
+method = { type = "prompt", num_virtual_tokens = 2 }
+[[run]]
+label = "patient"
+paradigm = "federated"
+method = { type = "prompt", num_virtual_tokens = 2 }
+patience = 50
+"#;
+    // A learning rate too small to change a single prediction: no round/epoch is ever better
+    // than the first evaluation, so the patience rule alone decides where training ends.
+    let text = experiment(dir.path(), extra)
+        .replace(
+            "learning_rate = 0.01",
+            "learning_rate = 1e-12\npatience = 2",
+        )
+        .replace("epochs = 2", "epochs = 9")
+        .replace("rounds = 3", "rounds = 9");
+    let cfg = parse(&text).unwrap();
+    let r = run_in(&cfg, dir.path(), "es");
+    let conv = |label: &str| {
+        r.rows
+            .iter()
+            .find(|x| x.paradigm == label)
+            .unwrap()
+            .convergence
+            .clone()
+            .unwrap()
+    };
+    // Federated: round 0 (the initial global) is the best; rounds 1 and 2 are no better,
+    // so the run stops after round 2 of at most 9.
+    let fl = conv("PE_FL (non-IID)");
+    assert_eq!(
+        (fl.unit.as_str(), fl.best, fl.stopped, fl.max),
+        ("round", 0.0, 2.0, 9)
+    );
+    assert_eq!(fl.hit_max, 0);
+    let curve = r
+        .curves
+        .iter()
+        .find(|c| c.paradigm == "PE_FL (non-IID)")
+        .unwrap();
+    assert_eq!(curve.points.len(), 3, "rounds 0, 1, 2");
+    let comm = r
+        .comm
+        .iter()
+        .find(|c| c.paradigm == "PE_FL (non-IID)")
+        .unwrap();
+    assert_eq!(comm.rounds, 2, "traffic counts the rounds actually run");
+    // Monolingual: epoch 1 is the best of each language, epochs 2 and 3 are no better.
+    let mono = conv("PE_Monolingual");
+    assert_eq!(
+        (mono.unit.as_str(), mono.best, mono.stopped),
+        ("epoch", 1.0, 3.0)
+    );
+    assert_eq!((mono.models, mono.hit_max), (3, 0));
+    // A patience longer than the budget runs to the maximum and says so.
+    let patient = conv("patient");
+    assert_eq!((patient.stopped, patient.hit_max), (9.0, 1));
+    let tables = std::fs::read_to_string(dir.path().join("es/tables.md")).unwrap();
+    assert!(tables.contains("round 0.0 / 2.0 (9)"), "{tables}");
+    assert!(tables.contains("1/1 at max"), "{tables}");
+}
+
+#[test]
+fn several_seeds_report_mean_and_sample_sd_of_the_single_seed_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = experiment(dir.path(), "").replace("rounds = 3", "rounds = 2");
+    let single = |seed: u64| {
+        let cfg = parse(&base.replace("seed = 3", &format!("seed = {seed}"))).unwrap();
+        run_in(&cfg, dir.path(), &format!("s{seed}"))
+    };
+    let (a, b) = (single(5), single(6));
+    let cfg = parse(&base.replace("seed = 3", "seeds = [5, 6]")).unwrap();
+    let r = run_in(&cfg, dir.path(), "both");
+    assert_eq!(r.seeds, vec![5, 6]);
+    let row = &r.rows[0];
+    // Each seed's numbers are exactly those of that seed run alone.
+    assert_eq!(row.per_seed.len(), 2);
+    assert_eq!(row.per_seed[0].average, a.rows[0].average);
+    assert_eq!(row.per_seed[1].average, b.rows[0].average);
+    // Mean and sample standard deviation (n − 1) of the two.
+    let (x, y) = (a.rows[0].average, b.rows[0].average);
+    assert!((row.average - (x + y) / 2.0).abs() < 1e-12);
+    let sd = ((x - y).abs()) / 2f64.sqrt();
+    let spread = row.spread.as_ref().unwrap();
+    assert!(
+        (spread.average_sd - sd).abs() < 1e-12,
+        "{} vs {sd}",
+        spread.average_sd
+    );
+    for lang in ["en", "fr", "de"] {
+        let (p, q) = (
+            a.rows[0].per_language[lang].accuracy,
+            b.rows[0].per_language[lang].accuracy,
+        );
+        assert!((row.per_language[lang].accuracy - (p + q) / 2.0).abs() < 1e-12);
+        assert!((spread.per_language_sd[lang] - (p - q).abs() / 2f64.sqrt()).abs() < 1e-12);
+    }
+    // Curves: the mean per round, with its sd beside it.
+    assert_eq!(r.curves[0].sd.len(), r.curves[0].points.len());
+    let out = dir.path().join("both");
+    let tables = std::fs::read_to_string(out.join("tables.md")).unwrap();
+    assert!(tables.contains(" ± ") && tables.contains("seed 5") && tables.contains("Seeds: 5, 6"));
+    let csv = std::fs::read_to_string(out.join("seeds.csv")).unwrap();
+    assert_eq!(
+        csv.lines().filter(|l| l.contains(",avg,")).count(),
+        2,
+        "{csv}"
+    );
+    // Each seed has its own checkpoints.
+    assert!(out.join("checkpoints/seed-5").is_dir() && out.join("checkpoints/seed-6").is_dir());
+}
+
+/// Writes `lines` XGLUE-NC lines for `lang` into `dir/xglue.nc.<lang>.<split>`, labels
+/// cycling over the ten classes.
+fn write_nc(dir: &Path, lang: &str, split: &str, lines: usize) {
+    let labels = fedprompt_data::LabelMap::xglue_nc();
+    let text: Vec<String> = (0..lines)
+        .map(|i| {
+            format!(
+                "title {i} {lang}\tbody {i}\t{}",
+                labels.names()[i % labels.len()]
+            )
+        })
+        .collect();
+    std::fs::write(
+        dir.join(format!("xglue.nc.{lang}.{split}")),
+        text.join("\n"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn benchmark_readers_choose_their_splits() {
+    use fedprompt_sim::data::load;
+    let dir = tempfile::tempdir().unwrap();
+    // The real XGLUE-NC layout: English alone has a train file; every language has dev.
+    write_nc(dir.path(), "en", "train", 50);
+    for l in ["en", "de"] {
+        write_nc(dir.path(), l, "dev", 40);
+    }
+    let section = |extra: &str, sizes: &str| -> fedprompt_sim::DataSection {
+        let text = format!(
+            "[data]\nsource = {{ type = \"xglue-nc\", dir = \"{}\"{extra} }}\nlanguages = [\"en\", \"de\"]\n{sizes}",
+            dir.path().display()
+        );
+        #[derive(serde::Deserialize)]
+        struct W {
+            data: fedprompt_sim::DataSection,
+        }
+        toml::from_str::<W>(&text).unwrap().data
+    };
+    // Default splits: train/dev, and German has no train file: the error says how to choose.
+    let e = load(&section("", ""), 0).err().unwrap().to_string();
+    assert!(
+        e.contains("xglue.nc.de.train") && e.contains("train_split"),
+        "{e}"
+    );
+    // Both sides from dev: disjoint, label-stratified samples of the asked sizes.
+    let s = section(
+        ", train_split = \"dev\", eval_split = \"dev\"",
+        "train_per_language = 30\neval_per_language = 10",
+    );
+    let d = load(&s, 0).unwrap();
+    for l in ["en", "de"] {
+        let tr: Vec<_> = d.train.iter().filter(|e| e.language == l).collect();
+        let ev: Vec<_> = d.eval.iter().filter(|e| e.language == l).collect();
+        assert_eq!((tr.len(), ev.len()), (30, 10), "{l}");
+        assert!(
+            ev.iter().all(|e| !tr.contains(e)),
+            "{l}: eval overlaps train"
+        );
+        // Stratified: 10 eval lines over 10 equally frequent labels, one each.
+        let mut labels: Vec<usize> = ev.iter().map(|e| e.label).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), 10);
+    }
+    // Splitting one file needs both sizes.
+    let e = load(
+        &section(", train_split = \"dev\", eval_split = \"dev\"", ""),
+        0,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("eval_per_language"), "{e}");
+}
+
+#[test]
+fn check_loads_the_data_and_fails_on_a_missing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = parse(&experiment(dir.path(), "")).unwrap();
+    let report = fedprompt_sim::check_experiment(&good).unwrap();
+    // Examples per label and language, for both splits, and each federated run's clients.
+    assert!(report.contains("| sport | 8 | 8 | 8 | 24 |"), "{report}");
+    assert!(report.contains("| money | 4 | 4 | 4 | 12 |"), "{report}");
+    assert!(report.contains("clients of sizes [16, 16, 16]"), "{report}");
+    let bad = parse(&experiment(dir.path(), "").replace("eval.jsonl", "missing.jsonl")).unwrap();
+    let e = fedprompt_sim::check_experiment(&bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("missing.jsonl") && e.contains("does not exist"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_label_only_in_the_eval_file_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = experiment(dir.path(), "");
+    let ev = dir.path().join("eval.jsonl");
+    let mut lines = std::fs::read_to_string(&ev).unwrap();
+    lines.push_str("\n{\"text\": \"weather rain\", \"label\": \"weather\", \"language\": \"en\"}");
+    std::fs::write(&ev, lines).unwrap();
+    let cfg = parse(&text).unwrap();
+    let e = fedprompt_sim::check_experiment(&cfg)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("weather"), "{e}");
+}

@@ -17,6 +17,7 @@ use crate::common::Globals;
 const AFTER_HELP: &str = "\
 Examples:
   fedprompt experiment experiments/demo.toml   # the paper's comparison on the demo data
+  fedprompt data experiments/demo.toml      # what the readers parse: counts per label and language
   fedprompt fetch all                       # cache the default model, demo data and URIEL data
   fedprompt train --data demo --output runs/demo
   fedprompt eval --adapter runs/demo --data demo
@@ -49,6 +50,8 @@ struct Cli {
 enum Command {
     /// Run an experiment file: every paradigm of the paper, paper-shaped tables and plots.
     Experiment(cmd::experiment::Args),
+    /// Show what the readers parse: examples per label and language, the first examples.
+    Data(cmd::data::Args),
     /// Train an adapter (prompt, P-tuning, LoRA, head or full) on one dataset.
     Train(cmd::train::Args),
     /// Score a trained adapter: accuracy and macro-F1 per language.
@@ -83,6 +86,7 @@ impl Command {
     fn run(self, g: &Globals) -> anyhow::Result<()> {
         match self {
             Command::Experiment(a) => cmd::experiment::run(a, g),
+            Command::Data(a) => cmd::data::run(a, g),
             Command::Train(a) => cmd::train::run(a, g),
             Command::Eval(a) => cmd::eval::run(a, g),
             Command::Predict(a) => cmd::predict::run(a, g),

@@ -13,7 +13,7 @@ use fedprompt_fl::{
 };
 use fedprompt_io::error_chain;
 use fedprompt_model::Classifier;
-use fedprompt_report::{CommRow, Curve, ParadigmRow, RoundPoint};
+use fedprompt_report::{CommRow, Convergence, Curve, ParadigmRow, RoundPoint};
 use fedprompt_train::{
     local_evaluate, local_fit, local_train_config, to_params, EncodedExample, LocalModel,
     TrainConfig,
@@ -40,6 +40,7 @@ struct SimClients<'r> {
     eval: &'r [EncodedExample],
     base: TrainConfig,
     rounds: u64,
+    patience: u64,
     pb: &'r ProgressBar,
     progress: FedProgress,
     state_path: &'r Path,
@@ -170,6 +171,16 @@ impl RoundClients for SimClients<'_> {
             self.pb.abandon();
             return Err(self.run_err(format!("stopped after round {round} as requested")));
         }
+        if self.progress.patience_ran_out(round, self.patience) {
+            tracing::info!(
+                run = self.label,
+                round,
+                best = self.progress.best_round,
+                "early stop: {} rounds without a better eval accuracy",
+                self.patience
+            );
+            return Ok(Flow::Stop);
+        }
         Ok(Flow::Continue)
     }
 }
@@ -194,6 +205,7 @@ impl Ctx<'_> {
             }
             None => partition,
         };
+        tracing::debug!(run = %spec.label, clients = ?partition.sizes(), "partition");
         let client_data: BTreeMap<String, Vec<EncodedExample>> = partition
             .clients
             .iter()
@@ -223,7 +235,7 @@ impl Ctx<'_> {
             .num_sampled(client_data.len())?;
         let mean_client = client_data.values().map(|d| d.len()).sum::<usize>() / client_data.len();
         let per_round = m as u64 * self.steps_per_epoch(mean_client) * plan.local_epochs as u64;
-        let pb = self.bar(per_round * plan.rounds, spec.label.clone());
+        let pb = self.bar(per_round * plan.rounds, self.bar_label(&spec.label));
         pb.set_position(per_round * server.round());
 
         let mut clients = SimClients {
@@ -233,6 +245,7 @@ impl Ctx<'_> {
             eval: &self.eval,
             base: plan.client_train(),
             rounds: plan.rounds,
+            patience: plan.patience as u64,
             pb: &pb,
             progress,
             state_path: &files.state,
@@ -251,7 +264,14 @@ impl Ctx<'_> {
             evaluate_every: 0,
             client_config: plan.client_config(),
         };
-        run_rounds(&mut server, &mut clients, &rules)?;
+        // A resumed run whose patience had already run out (killed between its last round's
+        // checkpoint and its outcome file) is not trained further.
+        if !clients
+            .progress
+            .patience_ran_out(server.round(), plan.patience as u64)
+        {
+            run_rounds(&mut server, &mut clients, &rules)?;
+        }
         pb.finish_and_clear();
         let (progress, last_up, last_down) = (clients.progress, clients.last_up, clients.last_down);
 
@@ -272,6 +292,15 @@ impl Ctx<'_> {
             metrics(&report),
         );
         row.average = avg_accuracy(&report);
+        let stopped = server.round();
+        row.convergence = Some(Convergence {
+            unit: "round".into(),
+            best: progress.best_round as f64,
+            stopped: stopped as f64,
+            max: plan.rounds,
+            models: 1,
+            hit_max: usize::from(!progress.patience_ran_out(stopped, plan.patience as u64)),
+        });
         let comm = CommRow {
             paradigm: spec.label.clone(),
             method: method_label(&spec.method),
@@ -280,7 +309,7 @@ impl Ctx<'_> {
             bytes_up_per_client_round: last_up,
             bytes_down_per_client_round: last_down,
             clients: m as u32,
-            rounds: plan.rounds as u32,
+            rounds: stopped as u32,
             total_bytes: server.ledger().total().total(),
         };
         Ok(RunOutcome {
@@ -289,6 +318,7 @@ impl Ctx<'_> {
             curve: Curve {
                 paradigm: spec.label.clone(),
                 points: progress.curve,
+                sd: Vec::new(),
             },
             comm: Some(comm),
             seconds: start.elapsed().as_secs_f64(),

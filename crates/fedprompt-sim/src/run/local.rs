@@ -3,9 +3,10 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use fedprompt_data::{cap_clients, partition_by_language, Stratify};
 use fedprompt_fl::derive_seed;
 use fedprompt_model::Classifier;
-use fedprompt_report::{Curve, ParadigmRow, RoundPoint};
+use fedprompt_report::{Convergence, Curve, ParadigmRow, RoundPoint};
 use fedprompt_train::{evaluate, train, EncodedExample};
 
 use super::plan::RunPlan;
@@ -24,15 +25,34 @@ impl Ctx<'_> {
         m
     }
 
+    /// The training examples with every language cut to `cap` (stratified by label, seeded
+    /// as a federated run's clients are cut), or all of them.
+    fn capped_train(&self, cap: Option<usize>, seed: u64) -> Result<Vec<EncodedExample>> {
+        let Some(n) = cap else {
+            return Ok(self.train.clone());
+        };
+        let part = partition_by_language(&self.train_raw)?;
+        let all: Vec<usize> = (0..part.clients.len()).collect();
+        let part = cap_clients(&part, &self.train_raw, &all, n, Stratify::Label, seed)?;
+        let mut idx: Vec<usize> = part
+            .clients
+            .iter()
+            .flat_map(|c| c.indices.clone())
+            .collect();
+        idx.sort_unstable();
+        Ok(idx.into_iter().map(|i| self.train[i].clone()).collect())
+    }
+
     /// (name, train, eval) of each model the run trains.
     fn groups(
         &self,
         paradigm: Paradigm,
+        train: &[EncodedExample],
     ) -> Vec<(String, Vec<EncodedExample>, Vec<EncodedExample>)> {
         if paradigm == Paradigm::Centralized {
-            return vec![("all".into(), self.train.clone(), self.eval.clone())];
+            return vec![("all".into(), train.to_vec(), self.eval.clone())];
         }
-        let tr = self.by_language(&self.train);
+        let tr = self.by_language(train);
         let ev = self.by_language(&self.eval);
         self.cfg
             .data
@@ -49,17 +69,25 @@ impl Ctx<'_> {
             .collect()
     }
 
-    pub(super) fn run_local(&mut self, plan: &RunPlan<'_>) -> Result<RunOutcome> {
+    /// A monolingual or centralized run; with `cap`, every language's training set is cut
+    /// to `cap` examples (the data-efficiency ablation).
+    pub(super) fn run_local(
+        &mut self,
+        plan: &RunPlan<'_>,
+        cap: Option<usize>,
+    ) -> Result<RunOutcome> {
         let start = Instant::now();
         let spec = plan.spec;
-        let groups = self.groups(spec.paradigm);
+        let train_set = self.capped_train(cap, plan.seed)?;
+        let groups = self.groups(spec.paradigm, &train_set);
         let total: u64 = groups
             .iter()
             .map(|g| self.steps_per_epoch(g.1.len()) * plan.epochs as u64)
             .sum();
-        let pb = self.bar(total, spec.label.clone());
+        let pb = self.bar(total, self.bar_label(&spec.label));
         let mut per_language = BTreeMap::new();
         let mut curves: Vec<Vec<f64>> = Vec::new();
+        let mut convergence = Vec::new();
         for (name, tr, ev) in &groups {
             if ev.is_empty() {
                 return Err(SimError::Run {
@@ -80,6 +108,15 @@ impl Ctx<'_> {
                 None,
                 Some(&pb),
             )?;
+            let ran = rep.epochs.len();
+            convergence.push(Convergence {
+                unit: "epoch".into(),
+                best: rep.best_epoch.unwrap_or(ran) as f64,
+                stopped: ran as f64,
+                max: plan.epochs as u64,
+                models: 1,
+                hit_max: usize::from(!rep.stopped_early),
+            });
             curves.push(
                 rep.epochs
                     .iter()
@@ -109,18 +146,20 @@ impl Ctx<'_> {
             Paradigm::Centralized => "centralized",
             _ => "monolingual",
         };
-        let row = ParadigmRow::new(
+        let mut row = ParadigmRow::new(
             &spec.label,
             method_label(&spec.method),
             setting.to_string(),
             per_language,
         );
+        row.convergence = Convergence::mean(&convergence);
         Ok(RunOutcome {
             best_avg: row.average,
             row,
             curve: Curve {
                 paradigm: spec.label.clone(),
                 points,
+                sd: Vec::new(),
             },
             comm: None,
             seconds: start.elapsed().as_secs_f64(),

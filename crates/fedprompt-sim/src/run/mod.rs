@@ -74,9 +74,19 @@ struct Ctx<'a> {
     opts: &'a RunOptions,
     mp: MultiProgress,
     rounds_done: u64,
+    /// `seed N` when the experiment runs several seeds (for progress bars).
+    tag: Option<String>,
 }
 
 impl Ctx<'_> {
+    /// A progress bar's prefix: the run's label, with the seed when several run.
+    fn bar_label(&self, label: &str) -> String {
+        match &self.tag {
+            Some(t) => format!("{label} ({t})"),
+            None => label.to_string(),
+        }
+    }
+
     fn bar(&self, len: u64, prefix: String) -> ProgressBar {
         let pb = self.mp.add(ProgressBar::new(len));
         pb.set_style(
@@ -112,7 +122,7 @@ impl Ctx<'_> {
         }
         let outcome = match plan.spec.paradigm {
             Paradigm::Federated => self.run_federated(plan, cap, &files)?,
-            _ => self.run_local(plan)?,
+            _ => self.run_local(plan, cap)?,
         };
         write_json(&files.done, &outcome)?;
         Ok(outcome)
@@ -136,43 +146,97 @@ fn io_err(path: &Path, cause: std::io::Error) -> SimError {
     }
 }
 
-/// Runs every run of the experiment and writes the results folder. Returns the results.
+/// Runs every run of the experiment (once per seed) and writes the results folder. Returns
+/// the results: with several seeds, means ± standard deviations with each seed's numbers.
 pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<(RunResults, PathBuf)> {
     cfg.validate().map_err(|msg| SimError::Config {
         path: PathBuf::from(&cfg.name),
         msg,
     })?;
+    for spec in &cfg.runs {
+        RunPlan::resolve(cfg, spec)?;
+    }
+    let out = opts.output.clone().unwrap_or_else(|| cfg.output_dir());
+    let ckpt_root = out.join("checkpoints");
+    if !opts.resume && ckpt_root.exists() {
+        std::fs::remove_dir_all(&ckpt_root).map_err(|e| io_err(&ckpt_root, e))?;
+    }
+    let started = Instant::now();
+    let backbone = load_backbone(&cfg.model.path)?;
+    let mp = MultiProgress::new();
+    if !opts.progress {
+        mp.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    let seeds = cfg.run_seeds();
+    let mut per_seed = Vec::new();
+    let mut rounds_done = 0;
+    let mut times: BTreeMap<String, f64> = BTreeMap::new();
+    for &seed in &seeds {
+        let mut c = cfg.clone();
+        c.seed = seed;
+        let ckpt_dir = if seeds.len() > 1 {
+            ckpt_root.join(format!("seed-{seed}"))
+        } else {
+            ckpt_root.clone()
+        };
+        let tag = (seeds.len() > 1).then(|| format!("seed {seed}"));
+        let (r, t) = run_seed(&c, opts, &backbone, ckpt_dir, &mp, tag, &mut rounds_done)?;
+        for (k, v) in t {
+            *times.entry(k).or_default() += v;
+        }
+        per_seed.push(r);
+    }
+    let mut results = fedprompt_report::combine_seeds(per_seed, &seeds)?;
+    let timings: Vec<String> = cfg
+        .runs
+        .iter()
+        .filter_map(|r| {
+            times
+                .get(&r.label)
+                .map(|t| format!("{}: {t:.0} s", r.label))
+        })
+        .collect();
+    let meta = &mut results.meta;
+    meta.insert(
+        "run times".into(),
+        if seeds.len() > 1 {
+            format!("{} (all seeds)", timings.join("; "))
+        } else {
+            timings.join("; ")
+        },
+    );
+    meta.insert(
+        "wall time".into(),
+        format!("{:.0} s", started.elapsed().as_secs_f64()),
+    );
+    fedprompt_report::write_all(&results, &out)?;
+    Ok((results, out))
+}
+
+/// One seed of the experiment: loads and encodes its data sample, runs every run (and the
+/// data-efficiency ablation). Returns the results and each run's seconds.
+fn run_seed(
+    cfg: &ExperimentConfig,
+    opts: &RunOptions,
+    backbone: &Backbone,
+    ckpt_dir: PathBuf,
+    mp: &MultiProgress,
+    tag: Option<String>,
+    rounds_done: &mut u64,
+) -> Result<(RunResults, Vec<(String, f64)>)> {
     let plans = cfg
         .runs
         .iter()
         .map(|spec| RunPlan::resolve(cfg, spec))
         .collect::<Result<Vec<_>>>()?;
-    let out = opts.output.clone().unwrap_or_else(|| cfg.output_dir());
-    let ckpt_dir = out.join("checkpoints");
-    if !opts.resume && ckpt_dir.exists() {
-        std::fs::remove_dir_all(&ckpt_dir).map_err(|e| io_err(&ckpt_dir, e))?;
-    }
     std::fs::create_dir_all(&ckpt_dir).map_err(|e| io_err(&ckpt_dir, e))?;
-
-    let started = Instant::now();
-    let backbone = load_backbone(&cfg.model.path)?;
     let data = crate::data::load(&cfg.data, cfg.seed)?;
-    for lang in &cfg.data.languages {
-        if !data.eval.iter().any(|e| &e.language == lang) {
-            return Err(SimError::DataMsg(format!(
-                "language `{lang}` has no evaluation examples"
-            )));
-        }
-    }
-    let max_len = text_max_len(cfg, &backbone)?;
+    check_data(cfg, &data)?;
+    let max_len = text_max_len(cfg, backbone)?;
     let text = backbone.text_encoder().clone().with_max_len(max_len)?;
-    let mp = MultiProgress::new();
-    if !opts.progress {
-        mp.set_draw_target(ProgressDrawTarget::hidden());
-    }
     let mut ctx = Ctx {
         cfg,
-        backbone: &backbone,
+        backbone,
         labels: data.labels.names().to_vec(),
         train_raw: data.train.clone(),
         train: encode_examples(&text, &data.train)?,
@@ -181,8 +245,9 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<(RunR
         use_types: backbone.config().family == fedprompt_model::Family::Bert,
         ckpt_dir,
         opts,
-        mp,
-        rounds_done: 0,
+        mp: mp.clone(),
+        rounds_done: *rounds_done,
+        tag,
     };
 
     let mut results = RunResults {
@@ -190,6 +255,7 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<(RunR
         task: cfg.task.clone(),
         model: backbone.folder().display().to_string(),
         seed: cfg.seed,
+        seeds: Vec::new(),
         languages: cfg.data.languages.clone(),
         rows: Vec::new(),
         curves: Vec::new(),
@@ -201,27 +267,31 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<(RunR
     let mut timings = Vec::new();
     for plan in &plans {
         let outcome = ctx.run_or_resume(plan, None, &slug(&plan.spec.label))?;
-        tracing::info!(run = %plan.spec.label, avg = outcome.row.average, "run finished");
-        timings.push(format!("{}: {:.0} s", plan.spec.label, outcome.seconds));
+        tracing::info!(run = %plan.spec.label, seed = cfg.seed, avg = outcome.row.average, "run finished");
+        timings.push((plan.spec.label.clone(), outcome.seconds));
         results.rows.push(outcome.row);
         results.curves.push(outcome.curve);
         results.comm.extend(outcome.comm);
     }
     if let Some(de) = &cfg.data_efficiency {
-        let plan = plans
-            .iter()
-            .find(|p| p.spec.label == de.run)
-            .expect("validated");
-        for &n in &de.sizes {
-            let key = format!("{}-cap-{n}", slug(&plan.spec.label));
-            let outcome = ctx.run_or_resume(plan, Some(n), &key)?;
-            results.data_efficiency.push(DataEffPoint {
-                paradigm: plan.spec.label.clone(),
-                train_size: n,
-                accuracy: outcome.row.average,
-            });
+        for label in de.labels() {
+            let plan = plans
+                .iter()
+                .find(|p| p.spec.label == label)
+                .expect("validated");
+            for &n in &de.sizes {
+                let key = format!("{}-cap-{n}", slug(&plan.spec.label));
+                let outcome = ctx.run_or_resume(plan, Some(n), &key)?;
+                results.data_efficiency.push(DataEffPoint {
+                    paradigm: plan.spec.label.clone(),
+                    train_size: n,
+                    accuracy: outcome.row.average,
+                    sd: None,
+                });
+            }
         }
     }
+    *rounds_done = ctx.rounds_done;
     if cfg.language_distance {
         results::add_distances(&mut results, &cfg.data.languages);
     }
@@ -230,20 +300,31 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<(RunR
     meta.insert("eval examples".into(), results::counts(&data.eval));
     meta.insert("labels".into(), data.labels.names().join(", "));
     meta.insert("max tokens".into(), format!("{max_len} (+ virtual tokens)"));
-    meta.insert("run times".into(), timings.join("; "));
-    meta.insert(
-        "wall time".into(),
-        format!("{:.0} s", started.elapsed().as_secs_f64()),
-    );
     meta.insert(
         "selection".into(),
-        "every row reports the epoch/round with the best average eval accuracy (early stopping on eval, as the paper)".into(),
+        "every row reports the epoch/round with the best average eval accuracy; training stops after `patience` epochs/rounds without improvement (early stopping on eval, as the paper)".into(),
     );
     if data.warnings > 0 {
         meta.insert("skipped lines".into(), data.warnings.to_string());
     }
-    fedprompt_report::write_all(&results, &out)?;
-    Ok((results, out))
+    Ok((results, timings))
+}
+
+/// Every language has evaluation examples and training examples.
+pub(crate) fn check_data(cfg: &ExperimentConfig, data: &crate::data::ExperimentData) -> Result<()> {
+    for lang in &cfg.data.languages {
+        if !data.eval.iter().any(|e| &e.language == lang) {
+            return Err(SimError::DataMsg(format!(
+                "language `{lang}` has no evaluation examples"
+            )));
+        }
+        if !data.train.iter().any(|e| &e.language == lang) {
+            return Err(SimError::DataMsg(format!(
+                "language `{lang}` has no training examples"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Whether a results folder's checkpoints let `resume` continue (for messages).

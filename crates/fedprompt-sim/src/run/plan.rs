@@ -28,6 +28,8 @@ pub(crate) struct RunPlan<'a> {
     pub strategy: StrategyConfig,
     /// Sampling and quorum rules.
     pub policy: RoundPolicy,
+    /// Early stopping: rounds (federated) or epochs (local) without improvement.
+    pub patience: usize,
 }
 
 impl<'a> RunPlan<'a> {
@@ -38,6 +40,14 @@ impl<'a> RunPlan<'a> {
         if let Some(lr) = spec.learning_rate {
             train.learning_rate = lr;
         }
+        let patience = match spec.paradigm {
+            Paradigm::Federated => spec
+                .patience
+                .or(cfg.federation.patience)
+                .unwrap_or(cfg.train.patience),
+            _ => spec.patience.unwrap_or(cfg.train.patience),
+        };
+        train.patience = patience;
         let plan = RunPlan {
             spec,
             seed,
@@ -53,6 +63,7 @@ impl<'a> RunPlan<'a> {
                 seed,
                 ..RoundPolicy::default()
             },
+            patience,
             train,
         };
         plan.check()?;

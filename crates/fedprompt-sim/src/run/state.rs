@@ -31,6 +31,11 @@ pub(crate) struct FedProgress {
 }
 
 impl FedProgress {
+    /// Whether `patience` rounds have passed since the best round by `round`.
+    pub fn patience_ran_out(&self, round: u64, patience: u64) -> bool {
+        !self.curve.is_empty() && round.saturating_sub(self.best_round) >= patience
+    }
+
     pub fn new() -> Self {
         FedProgress {
             curve: Vec::new(),

@@ -32,7 +32,8 @@ pub struct Args {
     /// Results folder (default: the file's `output`, else `results/<name>`).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
-    /// Check the file and the data, print the plan, and stop.
+    /// Load and check everything (the model, the data files, every run's settings and
+    /// clients), print examples per language and label and the plan, and stop: no training.
     #[arg(long)]
     pub check: bool,
 }
@@ -41,25 +42,16 @@ pub struct Args {
 pub fn run(args: Args, g: &Globals) -> anyhow::Result<()> {
     let cfg = ExperimentConfig::from_file(&args.file)?;
     if args.check {
+        let report = fedprompt_sim::check_experiment(&cfg)
+            .with_context(|| format!("checking {}", args.file.display()))?;
+        print!("{report}");
         println!(
-            "{}: {} run(s) on {} language(s), model `{}`; output {}",
-            cfg.name,
-            cfg.runs.len(),
-            cfg.data.languages.len(),
-            cfg.model.path,
+            "Results would go to {}",
             args.output
                 .clone()
                 .unwrap_or_else(|| cfg.output_dir())
                 .display()
         );
-        for r in &cfg.runs {
-            println!(
-                "  {:<24} {:?} {}",
-                r.label,
-                r.paradigm,
-                fedprompt_sim::method_label(&r.method)
-            );
-        }
         return Ok(());
     }
     let opts = RunOptions {

@@ -1,5 +1,6 @@
 //! One module per subcommand: each has an `Args` struct and a `run` function.
 
+pub mod data;
 pub mod distance;
 pub mod eval;
 pub mod experiment;
