@@ -107,6 +107,10 @@ pub enum DataSource {
         /// in `[0, 1)` (default 0.2).
         #[serde(default = "default_eval_fraction")]
         eval_fraction: f64,
+        /// Let a language lack some of the topics (a small language's label skew) instead of
+        /// failing; the missing (language, topic) pairs are listed as warnings.
+        #[serde(default)]
+        allow_missing_topics: bool,
     },
     /// XNLI: `dir/xnli.dev.tsv` (eval; or `eval_file`) and `train_dir/multinli.train.<lang>.tsv`.
     Xnli {

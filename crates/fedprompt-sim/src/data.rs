@@ -54,11 +54,15 @@ pub fn load(section: &DataSection, seed: u64) -> Result<ExperimentData> {
     // Training and evaluation examples come from one file, to be split disjointly.
     let mut same_pool = false;
     let (labels, mut train, mut eval) = match &section.source {
-        DataSource::Chatterbot { eval_fraction } => {
+        DataSource::Chatterbot {
+            eval_fraction,
+            allow_missing_topics,
+        } => {
             let dir = fedprompt_hub::chatterbot_corpus_dir()?;
             let mut opts = ChatterbotOptions {
                 languages: section.languages.clone(),
                 eval_fraction: *eval_fraction,
+                allow_missing_topics: *allow_missing_topics,
                 seed,
                 ..Default::default()
             };
