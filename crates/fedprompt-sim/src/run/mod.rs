@@ -119,14 +119,15 @@ impl Ctx<'_> {
     }
 }
 
-/// Loads the model named by the experiment (`default` = the built-in model).
-pub fn load_backbone(path: &str) -> Result<Backbone> {
+/// Loads the model named by the experiment (`default` = the built-in model), its frozen
+/// matrices in `dtype`.
+pub fn load_backbone(path: &str, dtype: fedprompt_model::WeightDtype) -> Result<Backbone> {
     let dir = if path == "default" {
         fedprompt_hub::default_model_dir()?
     } else {
         PathBuf::from(path)
     };
-    Ok(Backbone::load(&dir)?)
+    Ok(Backbone::load_with(&dir, dtype)?)
 }
 
 fn io_err(path: &Path, cause: std::io::Error) -> SimError {
@@ -155,7 +156,7 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<(RunR
     std::fs::create_dir_all(&ckpt_dir).map_err(|e| io_err(&ckpt_dir, e))?;
 
     let started = Instant::now();
-    let backbone = load_backbone(&cfg.model.path)?;
+    let backbone = load_backbone(&cfg.model.path, cfg.model.dtype)?;
     let data = crate::data::load(&cfg.data, cfg.seed)?;
     for lang in &cfg.data.languages {
         if !data.eval.iter().any(|e| &e.language == lang) {
