@@ -29,7 +29,7 @@ impl Backbone {
     }
 
     /// [`Backbone::load`] with the encoder's frozen matrices kept in `dtype` (bf16: the fast
-    /// mode; the word embeddings stay memory-mapped as stored, everything else f32).
+    /// mode; the word embeddings stay in the file as stored, everything else f32).
     pub fn load_with(folder: &Path, dtype: WeightDtype) -> Result<Self> {
         if !folder.is_dir() {
             return Err(ModelError::NotFound {

@@ -48,7 +48,7 @@ impl Embeddings {
         })
     }
 
-    /// The word-embedding table `[vocab, hidden]`: memory-mapped in a frozen backbone, a
+    /// The word-embedding table `[vocab, hidden]`: left in the file in a frozen backbone (rows read on lookup), a
     /// trainable tensor in full fine-tuning.
     pub fn word_embeddings(&self) -> &Table {
         &self.word

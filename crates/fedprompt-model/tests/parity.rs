@@ -100,7 +100,7 @@ fn check_case(family: &str, m: &str) {
     }
     // The frozen backbone accumulates no weight gradients (except in full fine-tuning, where
     // it is the trainable set).
-    // Frozen, the word embeddings are not even a tensor: they stay memory-mapped.
+    // Frozen, the word embeddings are not even a tensor: they stay in the file.
     if m != "full" {
         let table = clf.encoder().embeddings().word_embeddings();
         assert!(
@@ -109,7 +109,8 @@ fn check_case(family: &str, m: &str) {
         );
     } else {
         let enc = clf.encoder().embeddings().word_embeddings().tensor();
-        let enc = enc.unwrap_or_else(|| panic!("{case}: trainable word embeddings are mapped"));
+        let enc =
+            enc.unwrap_or_else(|| panic!("{case}: trainable word embeddings are not a tensor"));
         assert!(
             grads.get(enc).is_some(),
             "{case}: trainable word embeddings received no gradient"
