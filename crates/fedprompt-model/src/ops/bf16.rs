@@ -228,7 +228,10 @@ mod amx {
         while i + 16 <= n {
             let v = _mm512_loadu_ps(src.as_ptr().add(i));
             let h: __m256bh = _mm512_cvtneps_pbh(v);
-            _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), std::mem::transmute(h));
+            _mm256_storeu_si256(
+                dst.as_mut_ptr().add(i).cast(),
+                std::mem::transmute::<__m256bh, __m256i>(h),
+            );
             i += 16;
         }
         for j in i..n {
