@@ -9,6 +9,9 @@ Modes:
   --mode bytes  --model DIR        bytes per round: PEFT adapter (prompt, LoRA r=8 q/v) and the
                                    full model's state dict, as safetensors
 
+--autocast runs the forward (train: and the loss) under torch.autocast("cpu", dtype=torch.bfloat16):
+PyTorch's bf16 mode on the CPU (oneDNN; AMX tiles where the CPU has them).
+
 Token ids are the same deterministic rows as fedprompt's (`<s>`, ids in [5, vocab), `</s>`;
 no padding). With --json the result is one JSON line on stdout.
 
@@ -84,11 +87,19 @@ def timed(args, result, step):
 
 
 def run(args):
+    import contextlib
+
     import torch
+
+    def amp():
+        if args.autocast:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    result = {"ok": True, "mode": args.mode, "versions": versions(), "threads": torch.get_num_threads()}
+    result = {"ok": True, "mode": args.mode, "versions": versions(), "threads": torch.get_num_threads(),
+              "autocast": bool(args.autocast)}
     t0 = time.perf_counter()
     base = load(args)
     if args.mode == "bytes":
@@ -112,7 +123,8 @@ def run(args):
         opt = torch.optim.AdamW(trainable, lr=args.lr)
 
         def step(_it):
-            out = model(input_ids=ids, attention_mask=mask, labels=labels)
+            with amp():
+                out = model(input_ids=ids, attention_mask=mask, labels=labels)
             out.loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -123,9 +135,9 @@ def run(args):
         model.eval()
 
         def step(_it):
-            with torch.inference_mode():
+            with torch.inference_mode(), amp():
                 logits = model(input_ids=ids, attention_mask=mask).logits
-            logits.tolist()
+            logits.float().tolist()
 
         timed(args, result, step)
     result["median_s"] = statistics.median(result["times_s"])
@@ -177,6 +189,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--autocast", action="store_true", help="bf16 autocast on the CPU")
     args = ap.parse_args()
     try:
         if args.probe:

@@ -10,6 +10,7 @@ use crate::plan::{BytesJob, ModelKind, Plan};
 use crate::report::median;
 use crate::worker::{self, Job, JobResult};
 use crate::BenchOptions;
+use fedprompt_model::WeightDtype;
 
 /// How the fedprompt side runs a job: in a fresh worker process of `exe` (so that its peak
 /// memory is its own), or in this process with `--in-process`.
@@ -44,11 +45,15 @@ impl FedpromptSide {
     }
 }
 
-/// Both sides' results of one timed workload, one per round that succeeded.
+/// Every variant's results of one timed workload, one per round that succeeded.
 #[derive(Default)]
 pub(crate) struct WorkloadRuns {
     pub fedprompt: Vec<JobResult>,
     pub torch: Vec<JobResult>,
+    /// fedprompt with a bf16 backbone.
+    pub fedprompt_bf16: Vec<JobResult>,
+    /// PyTorch under bf16 autocast.
+    pub torch_bf16: Vec<JobResult>,
 }
 
 /// Both sides' bytes-per-round results of one model (`None`: failed or not run).
@@ -68,10 +73,12 @@ pub(crate) struct Measurements {
     pub notes: Vec<String>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Side {
     Fedprompt,
     Torch,
+    FedpromptBf16,
+    TorchBf16,
 }
 
 impl Side {
@@ -79,6 +86,28 @@ impl Side {
         match self {
             Side::Fedprompt => "fedprompt",
             Side::Torch => "PyTorch",
+            Side::FedpromptBf16 => "fedprompt bf16",
+            Side::TorchBf16 => "PyTorch bf16 autocast",
+        }
+    }
+
+    fn is_torch(self) -> bool {
+        matches!(self, Side::Torch | Side::TorchBf16)
+    }
+
+    fn dtype(self) -> WeightDtype {
+        match self {
+            Side::Fedprompt | Side::Torch => WeightDtype::F32,
+            Side::FedpromptBf16 | Side::TorchBf16 => WeightDtype::Bf16,
+        }
+    }
+
+    fn runs(self, runs: &mut WorkloadRuns) -> &mut Vec<JobResult> {
+        match self {
+            Side::Fedprompt => &mut runs.fedprompt,
+            Side::Torch => &mut runs.torch,
+            Side::FedpromptBf16 => &mut runs.fedprompt_bf16,
+            Side::TorchBf16 => &mut runs.torch_bf16,
         }
     }
 }
@@ -105,17 +134,25 @@ fn run_rounds(plan: &Plan, notes: &mut Vec<String>) -> Vec<WorkloadRuns> {
         .iter()
         .map(|_| WorkloadRuns::default())
         .collect();
+    let mut sides = vec![Side::Fedprompt, Side::Torch];
+    if plan.bf16 {
+        sides.extend([Side::FedpromptBf16, Side::TorchBf16]);
+    }
     for round in 0..plan.rounds {
         for (k, (planned, runs)) in plan.workloads.iter().zip(&mut runs).enumerate() {
-            // Alternate which side goes first, so slow drifts in machine load hit both.
-            let order = if (round + k) % 2 == 1 {
-                [Side::Torch, Side::Fedprompt]
-            } else {
-                [Side::Fedprompt, Side::Torch]
-            };
+            // Rotate which variant goes first (and reverse every other round), so slow drifts
+            // in machine load hit all of them.
+            let mut order = sides.clone();
+            order.rotate_left((round + k) % sides.len());
+            if (round + k) % 2 == 1 {
+                order.reverse();
+            }
             let name = planned.workload.name();
             for side in order {
                 let label = side.label();
+                if side.is_torch() && plan.torch.is_none() {
+                    continue;
+                }
                 eprintln!(
                     "fedprompt bench: round {}/{} {} {} ...",
                     round + 1,
@@ -123,12 +160,14 @@ fn run_rounds(plan: &Plan, notes: &mut Vec<String>) -> Vec<WorkloadRuns> {
                     name,
                     label
                 );
-                let result = match side {
-                    Side::Torch => match &plan.torch {
-                        Some(t) => t.run_job(&planned.job, plan.threads),
-                        None => continue,
-                    },
-                    Side::Fedprompt => plan.fedprompt.run_job(&planned.job),
+                let job = Job {
+                    dtype: side.dtype(),
+                    ..planned.job.clone()
+                };
+                let result = match (&plan.torch, side.is_torch()) {
+                    (Some(t), true) => t.run_job(&job, plan.threads),
+                    (_, false) => plan.fedprompt.run_job(&job),
+                    (None, true) => continue,
                 };
                 match result {
                     Ok(r) => {
@@ -136,10 +175,7 @@ fn run_rounds(plan: &Plan, notes: &mut Vec<String>) -> Vec<WorkloadRuns> {
                             "fedprompt bench:   {label} median {:.3} s/iter",
                             median(&r.times_s)
                         );
-                        match side {
-                            Side::Torch => runs.torch.push(r),
-                            Side::Fedprompt => runs.fedprompt.push(r),
-                        }
+                        side.runs(runs).push(r);
                     }
                     Err(e) => notes.push(format!("{name} {label} failed: {e:#}")),
                 }

@@ -23,6 +23,7 @@
 #![warn(missing_docs)]
 
 mod execute;
+pub mod flops;
 mod markdown;
 mod plan;
 pub mod randmodel;
@@ -76,6 +77,9 @@ pub struct BenchOptions {
     /// fedprompt alone.
     #[arg(long)]
     pub no_torch: bool,
+    /// Skip the bf16 variants (fedprompt's bf16 backbone, PyTorch's bf16 autocast).
+    #[arg(long)]
+    pub no_bf16: bool,
     /// Skip the bytes-per-round table.
     #[arg(long)]
     pub no_bytes: bool,
@@ -126,6 +130,7 @@ impl Default for BenchOptions {
             python: None,
             torch_script: None,
             no_torch: false,
+            no_bf16: false,
             no_bytes: false,
             base_model_dir: None,
             small_model_dir: None,
@@ -143,7 +148,8 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     let load_before = report::loadavg();
     let plan = plan::Plan::new(opts)?;
     let measured = execute::execute(&plan);
-    let report = BenchReport::new(&plan, measured, load_before, started);
+    let peak = flops::MachinePeak::detect(plan.threads);
+    let report = BenchReport::new(&plan, measured, peak, load_before, started);
     report.write(&plan.out)?;
     Ok(report)
 }

@@ -57,10 +57,23 @@ pub fn render_markdown(r: &BenchReport) -> String {
         opt_f(r.loadavg.1, 2),
         r.wall_s
     );
+    let p = &r.peak;
+    let _ = writeln!(
+        s,
+        "Peak ({} threads): f32 nominal {:.0} GFLOP/s, measured {} GFLOP/s (an FMA loop on \
+         every thread); bf16 nominal {:.0} GFLOP/s. {}.\n",
+        p.threads,
+        p.f32_nominal_gflops,
+        opt_f(p.f32_measured_gflops, 0),
+        p.bf16_nominal_gflops,
+        p.how
+    );
     let _ = writeln!(
         s,
         "Prompt tuning (1 virtual token, RoBERTa head, 10 labels, AdamW lr 1e-3); medians of the \
-         timed iterations; peak memory is each process's VmHWM.\n"
+         timed iterations; peak memory is each process's VmHWM. Ratios: > 1 means fedprompt is \
+         faster; memory ratio < 1 means fedprompt is leaner. bf16: fedprompt's bf16 backbone \
+         (`--dtype bf16`), PyTorch under `torch.autocast(\"cpu\", dtype=torch.bfloat16)`.\n"
     );
     let _ = writeln!(
         s,
@@ -87,6 +100,61 @@ pub fn render_markdown(r: &BenchReport) -> String {
             gib(f.and_then(|x| x.peak_rss_bytes)),
             gib(t.and_then(|x| x.peak_rss_bytes)),
             opt_f(w.memory_ratio, 2),
+        );
+    }
+    if r.workloads
+        .iter()
+        .any(|w| w.fedprompt_bf16.is_some() || w.torch_bf16.is_some())
+    {
+        let _ = writeln!(
+            s,
+            "\nbf16 (fast mode beside PyTorch fp32 and PyTorch bf16 autocast).\n\n\
+             | workload | fedprompt bf16 s/iter | PyTorch bf16 s/iter | ratio vs PyTorch fp32 | ratio vs autocast | peak RSS fedprompt bf16 | peak RSS PyTorch bf16 | memory ratio vs PyTorch fp32 | memory ratio vs autocast |\n\
+             |---|---|---|---|---|---|---|---|---|"
+        );
+        for w in &r.workloads {
+            let f = w.fedprompt_bf16.as_ref();
+            let t = w.torch_bf16.as_ref();
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                w.workload.name(),
+                opt_f(f.map(|x| x.median_s), 3),
+                opt_f(t.map(|x| x.median_s), 3),
+                opt_f(w.bf16_speed_ratio, 2),
+                opt_f(w.bf16_vs_autocast_ratio, 2),
+                gib(f.and_then(|x| x.peak_rss_bytes)),
+                gib(t.and_then(|x| x.peak_rss_bytes)),
+                opt_f(w.bf16_memory_ratio, 2),
+                opt_f(w.bf16_vs_autocast_memory_ratio, 2),
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nArithmetic rate: FLOP per iteration counted from the shapes (see `fedprompt_bench::flops`) \
+         ÷ median time, and its share of the peak (f32 sides: the measured f32 peak; bf16 sides: \
+         the nominal bf16 peak).\n\n\
+         | workload | GFLOP/iter | fedprompt | PyTorch | fedprompt bf16 | PyTorch bf16 |\n\
+         |---|---|---|---|---|---|"
+    );
+    let rate = |x: Option<&crate::report::SideResult>| match x.and_then(|x| x.gflops) {
+        Some(g) => match x.and_then(|x| x.peak_fraction) {
+            Some(f) => format!("{g:.0} GFLOP/s ({:.0}%)", 100.0 * f),
+            None => format!("{g:.0} GFLOP/s"),
+        },
+        None => "—".into(),
+    };
+    for w in &r.workloads {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            w.workload.name(),
+            opt_f(w.flops.map(|f| f / 1e9), 1),
+            rate(w.fedprompt.as_ref()),
+            rate(w.torch.as_ref()),
+            rate(w.fedprompt_bf16.as_ref()),
+            rate(w.torch_bf16.as_ref()),
         );
     }
     if !r.bytes.is_empty() {

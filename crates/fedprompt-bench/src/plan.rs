@@ -116,6 +116,9 @@ pub fn default_base_model_dir(num_labels: usize) -> Result<PathBuf> {
 pub(crate) struct PlannedWorkload {
     pub workload: Workload,
     pub job: Job,
+    /// FLOP of one iteration, counted from the shapes (`None`: the model's config.json could
+    /// not be read; the run reports no FLOP/s then).
+    pub flops: Option<f64>,
 }
 
 /// The bytes-per-round job of one model, run once per side after the rounds.
@@ -134,6 +137,8 @@ pub(crate) struct Plan {
     /// `None` with `--no-torch` or when the Python lacks torch, transformers or peft.
     pub torch: Option<TorchSide>,
     pub rounds: usize,
+    /// Whether the bf16 variants run too (fedprompt `--dtype bf16`, PyTorch autocast).
+    pub bf16: bool,
     /// Compute threads per side.
     pub threads: usize,
     /// The output folder (created).
@@ -168,9 +173,13 @@ impl Plan {
         }
         let timed = workloads
             .iter()
-            .map(|&workload| PlannedWorkload {
-                workload,
-                job: timed_job(opts, workload, models.dir(workload.model())),
+            .map(|&workload| {
+                let dir = models.dir(workload.model());
+                PlannedWorkload {
+                    workload,
+                    job: timed_job(opts, workload, dir),
+                    flops: crate::flops::workload_flops(workload, dir, opts.num_labels),
+                }
             })
             .collect();
         let bytes_jobs = if opts.no_bytes {
@@ -190,6 +199,7 @@ impl Plan {
             fedprompt,
             torch,
             rounds: opts.rounds,
+            bf16: !opts.no_bf16,
             threads: opts.threads,
             out: opts.out.clone(),
             notes,
@@ -283,6 +293,7 @@ fn timed_job(opts: &BenchOptions, workload: Workload, model_dir: &Path) -> Job {
         num_labels: opts.num_labels,
         seed: opts.seed,
         lr: LEARNING_RATE,
+        dtype: Default::default(),
     }
 }
 
@@ -298,6 +309,7 @@ fn bytes_job(opts: &BenchOptions, model_dir: &Path) -> Job {
         num_labels: opts.num_labels,
         seed: opts.seed,
         lr: LEARNING_RATE,
+        dtype: Default::default(),
     }
 }
 

@@ -32,6 +32,11 @@ pub struct SideResult {
     pub last_loss: Option<f64>,
     /// Compute threads its first process reported.
     pub threads: usize,
+    /// Achieved GFLOP/s: the workload's counted FLOP ÷ `median_s`.
+    pub gflops: Option<f64>,
+    /// `gflops` as a fraction of the peak it is compared with (f32 measured, or bf16 nominal
+    /// for the bf16 variants).
+    pub peak_fraction: Option<f64>,
 }
 
 /// One workload's row.
@@ -55,10 +60,24 @@ pub struct WorkloadResult {
     pub fedprompt: Option<SideResult>,
     /// PyTorch's measurement (`None`: not run, or failed in every round).
     pub torch: Option<SideResult>,
+    /// fedprompt with a bf16 backbone (`None`: `--no-bf16`, or failed).
+    pub fedprompt_bf16: Option<SideResult>,
+    /// PyTorch under bf16 autocast (`None`: not run, or failed).
+    pub torch_bf16: Option<SideResult>,
+    /// FLOP of one iteration, counted from the shapes.
+    pub flops: Option<f64>,
     /// fedprompt examples/s ÷ PyTorch examples/s (> 1: fedprompt faster).
     pub speed_ratio: Option<f64>,
     /// fedprompt peak RSS ÷ PyTorch peak RSS (< 1: fedprompt leaner).
     pub memory_ratio: Option<f64>,
+    /// fedprompt bf16 examples/s ÷ PyTorch (fp32) examples/s.
+    pub bf16_speed_ratio: Option<f64>,
+    /// fedprompt bf16 examples/s ÷ PyTorch bf16-autocast examples/s.
+    pub bf16_vs_autocast_ratio: Option<f64>,
+    /// fedprompt bf16 peak RSS ÷ PyTorch (fp32) peak RSS.
+    pub bf16_memory_ratio: Option<f64>,
+    /// fedprompt bf16 peak RSS ÷ PyTorch bf16-autocast peak RSS.
+    pub bf16_vs_autocast_memory_ratio: Option<f64>,
 }
 
 /// Bytes per round of one method on one model.
@@ -97,6 +116,8 @@ pub struct BenchReport {
     pub threads: usize,
     /// Rounds run.
     pub rounds: usize,
+    /// The machine's peak, for the FLOP/s columns.
+    pub peak: crate::flops::MachinePeak,
     /// 1-minute load average before and after.
     pub loadavg: (Option<f64>, Option<f64>),
     /// Seconds the whole run took.
@@ -148,6 +169,7 @@ impl BenchReport {
     pub(crate) fn new(
         plan: &Plan,
         measured: Measurements,
+        peak: crate::flops::MachinePeak,
         load_before: Option<f64>,
         started: Instant,
     ) -> BenchReport {
@@ -155,7 +177,7 @@ impl BenchReport {
             .workloads
             .iter()
             .zip(&measured.workloads)
-            .map(|(planned, runs)| WorkloadResult::new(planned, runs))
+            .map(|(planned, runs)| WorkloadResult::new(planned, runs, &peak))
             .collect();
         let bytes = measured.bytes.iter().flat_map(bytes_rows).collect();
         let mut notes = plan.notes.clone();
@@ -171,6 +193,7 @@ impl BenchReport {
                 .unwrap_or(1),
             threads: plan.threads,
             rounds: plan.rounds,
+            peak,
             loadavg: (load_before, loadavg()),
             wall_s: started.elapsed().as_secs_f64(),
             markdown: String::new(),
@@ -195,11 +218,19 @@ impl BenchReport {
 
 impl SideResult {
     /// One side's results over all rounds (`None`: none succeeded).
-    fn from_runs(results: &[JobResult], batch: usize) -> Option<SideResult> {
+    fn from_runs(
+        results: &[JobResult],
+        batch: usize,
+        flops: Option<f64>,
+        peak_gflops: Option<f64>,
+    ) -> Option<SideResult> {
         let first = results.first()?;
         let times: Vec<f64> = results.iter().flat_map(|r| r.times_s.clone()).collect();
         let med = median(&times);
+        let gflops = flops.map(|f| f / med / 1e9).filter(|g| g.is_finite());
         Some(SideResult {
+            gflops,
+            peak_fraction: gflops.zip(peak_gflops).map(|(g, p)| g / p),
             median_s: med,
             examples_per_s: batch as f64 / med,
             peak_rss_bytes: results.iter().filter_map(|r| r.peak_rss_bytes).max(),
@@ -213,21 +244,20 @@ impl SideResult {
 }
 
 impl WorkloadResult {
-    fn new(planned: &PlannedWorkload, runs: &WorkloadRuns) -> WorkloadResult {
+    fn new(
+        planned: &PlannedWorkload,
+        runs: &WorkloadRuns,
+        peak: &crate::flops::MachinePeak,
+    ) -> WorkloadResult {
         let job = &planned.job;
-        let fp = SideResult::from_runs(&runs.fedprompt, job.batch);
-        let th = SideResult::from_runs(&runs.torch, job.batch);
-        let speed_ratio = match (&fp, &th) {
-            (Some(a), Some(b)) => Some(a.examples_per_s / b.examples_per_s),
-            _ => None,
-        };
-        let memory_ratio = match (&fp, &th) {
-            (Some(a), Some(b)) => match (a.peak_rss_bytes, b.peak_rss_bytes) {
-                (Some(x), Some(y)) if y > 0 => Some(x as f64 / y as f64),
-                _ => None,
-            },
-            _ => None,
-        };
+        let f32_peak = peak.f32_measured_gflops.or(Some(peak.f32_nominal_gflops));
+        let bf16_peak = Some(peak.bf16_nominal_gflops);
+        let side =
+            |r: &[JobResult], p: Option<f64>| SideResult::from_runs(r, job.batch, planned.flops, p);
+        let fp = side(&runs.fedprompt, f32_peak);
+        let th = side(&runs.torch, f32_peak);
+        let fb = side(&runs.fedprompt_bf16, bf16_peak);
+        let tb = side(&runs.torch_bf16, bf16_peak);
         WorkloadResult {
             workload: planned.workload,
             model: planned.workload.model(),
@@ -236,12 +266,31 @@ impl WorkloadResult {
             tokens: job.seq_len,
             warmup: job.warmup,
             iters: job.iters,
+            flops: planned.flops,
+            speed_ratio: speed_ratio(&fp, &th),
+            memory_ratio: memory_ratio(&fp, &th),
+            bf16_speed_ratio: speed_ratio(&fb, &th),
+            bf16_vs_autocast_ratio: speed_ratio(&fb, &tb),
+            bf16_memory_ratio: memory_ratio(&fb, &th),
+            bf16_vs_autocast_memory_ratio: memory_ratio(&fb, &tb),
             fedprompt: fp,
             torch: th,
-            speed_ratio,
-            memory_ratio,
+            fedprompt_bf16: fb,
+            torch_bf16: tb,
         }
     }
+}
+
+/// `a`'s examples/s ÷ `b`'s.
+fn speed_ratio(a: &Option<SideResult>, b: &Option<SideResult>) -> Option<f64> {
+    Some(a.as_ref()?.examples_per_s / b.as_ref()?.examples_per_s)
+}
+
+/// `a`'s peak RSS ÷ `b`'s.
+fn memory_ratio(a: &Option<SideResult>, b: &Option<SideResult>) -> Option<f64> {
+    let x = a.as_ref()?.peak_rss_bytes?;
+    let y = b.as_ref()?.peak_rss_bytes?;
+    (y > 0).then(|| x as f64 / y as f64)
 }
 
 /// The prompt, LoRA and full rows of one model.
@@ -284,10 +333,13 @@ mod tests {
     #[test]
     fn medians_ratios_rows_and_notes() {
         let tmp = tempfile::tempdir().unwrap();
-        let plan = small_plan(tmp.path(), |_| ()).unwrap();
+        let mut plan = small_plan(tmp.path(), |_| ()).unwrap();
+        plan.workloads[0].flops = Some(64e9);
         let infer = WorkloadRuns {
             fedprompt: vec![job_result(vec![1.0, 3.0], 100), job_result(vec![2.0], 300)],
             torch: vec![job_result(vec![4.0], 200)],
+            fedprompt_bf16: vec![job_result(vec![1.0], 100)],
+            torch_bf16: vec![job_result(vec![2.0], 400)],
         };
         let bytes = JobResult {
             bytes: vec![MethodBytes {
@@ -306,13 +358,25 @@ mod tests {
             }],
             notes: vec!["failed".into()],
         };
-        let r = BenchReport::new(&plan, measured, None, Instant::now());
+        let peak = crate::flops::MachinePeak::detect(1);
+        let r = BenchReport::new(&plan, measured, peak, None, Instant::now());
         let fp = r.workloads[0].fedprompt.as_ref().unwrap();
         assert_eq!(fp.times_s, [1.0, 3.0, 2.0]);
         assert_eq!((fp.median_s, fp.examples_per_s), (2.0, 32.0));
         assert_eq!(fp.peak_rss_bytes, Some(300));
         assert_eq!(r.workloads[0].speed_ratio, Some(2.0));
         assert_eq!(r.workloads[0].memory_ratio, Some(1.5));
+        assert_eq!(r.workloads[0].bf16_speed_ratio, Some(4.0));
+        assert_eq!(r.workloads[0].bf16_vs_autocast_ratio, Some(2.0));
+        assert_eq!(r.workloads[0].bf16_memory_ratio, Some(0.5));
+        assert_eq!(r.workloads[0].bf16_vs_autocast_memory_ratio, Some(0.25));
+        // FLOP/s: the counted FLOP over the median; none where FLOP are unknown.
+        assert_eq!(fp.gflops, Some(32.0));
+        assert_eq!(
+            r.workloads[0].fedprompt_bf16.as_ref().unwrap().gflops,
+            Some(64.0)
+        );
+        assert!(r.workloads[1].flops.is_none());
         assert!(r.workloads[1].fedprompt.is_none() && r.workloads[1].speed_ratio.is_none());
         let methods: Vec<_> = r.bytes.iter().map(|b| b.method.as_str()).collect();
         assert_eq!(methods, ["prompt", "lora", "full"]);

@@ -136,6 +136,10 @@ impl TorchSide {
             "--lr".into(),
             job.lr.to_string(),
         ];
+        let mut args = args;
+        if job.dtype == fedprompt_model::WeightDtype::Bf16 {
+            args.push("--autocast".into());
+        }
         let v = call(&self.python, &self.script, &args, Some(threads))?;
         let times_s: Vec<f64> = v["times_s"]
             .as_array()

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
-use fedprompt_model::{Backbone, Batch, Classifier, ForwardCtx, MethodConfig};
+use fedprompt_model::{Backbone, Batch, Classifier, ForwardCtx, MethodConfig, WeightDtype};
 use serde::{Deserialize, Serialize};
 
 use crate::sizes::safetensors_size;
@@ -53,6 +53,10 @@ pub struct Job {
     pub seed: u64,
     /// AdamW learning rate.
     pub lr: f64,
+    /// Precision of the frozen backbone: fedprompt's weight dtype; on the PyTorch side `bf16`
+    /// runs the step under `torch.autocast("cpu", dtype=torch.bfloat16)`.
+    #[serde(default)]
+    pub dtype: WeightDtype,
 }
 
 /// Bytes per round of one method.
@@ -166,7 +170,7 @@ fn prompt_method() -> MethodConfig {
 /// Runs a job in this process.
 pub fn execute(job: &Job) -> Result<JobResult> {
     let t0 = Instant::now();
-    let backbone = Backbone::load(&job.model_dir)
+    let backbone = Backbone::load_with(&job.model_dir, job.dtype)
         .with_context(|| format!("loading {}", job.model_dir.display()))?;
     let cfg = backbone.config().clone();
     let labels = labels(job.num_labels);

@@ -8,7 +8,7 @@ use crate::config::{EncoderConfig, Family};
 use crate::encoder::Encoder;
 use crate::error::{ModelError, Result};
 use crate::tokenize::TextEncoder;
-use crate::weights::{ParamSource, Weights};
+use crate::weights::{ParamSource, WeightDtype, Weights};
 
 /// The frozen backbone of a Hugging Face folder.
 pub struct Backbone {
@@ -18,11 +18,19 @@ pub struct Backbone {
     prefix: String,
     encoder: Encoder,
     text: TextEncoder,
+    dtype: WeightDtype,
 }
 
 impl Backbone {
-    /// Loads `config.json`, the safetensors weights and `tokenizer.json` from `folder`.
+    /// Loads `config.json`, the safetensors weights and `tokenizer.json` from `folder`, with
+    /// f32 weights (exact mode).
     pub fn load(folder: &Path) -> Result<Self> {
+        Self::load_with(folder, WeightDtype::F32)
+    }
+
+    /// [`Backbone::load`] with the encoder's frozen matrices kept in `dtype` (bf16: the fast
+    /// mode; the word embeddings stay in the file as stored, everything else f32).
+    pub fn load_with(folder: &Path, dtype: WeightDtype) -> Result<Self> {
         if !folder.is_dir() {
             return Err(ModelError::NotFound {
                 what: "model folder",
@@ -33,7 +41,7 @@ impl Backbone {
         let cfg = EncoderConfig::from_file(&folder.join("config.json"))?;
         let weights = Weights::open(folder)?;
         let prefix = detect_prefix(&weights, &cfg)?;
-        let src = ParamSource::frozen(&weights);
+        let src = ParamSource::frozen(&weights).with_dtype(dtype);
         let src = if prefix.is_empty() {
             src
         } else {
@@ -53,6 +61,7 @@ impl Backbone {
             prefix,
             encoder,
             text,
+            dtype,
         })
     }
 
@@ -64,6 +73,11 @@ impl Backbone {
     /// The configuration.
     pub fn config(&self) -> &EncoderConfig {
         &self.cfg
+    }
+
+    /// The float type of the frozen encoder's matrices.
+    pub fn dtype(&self) -> WeightDtype {
+        self.dtype
     }
 
     /// The frozen encoder.

@@ -7,12 +7,13 @@ use crate::config::{Activation, EncoderConfig};
 use crate::error::Result;
 use crate::nn::{ForwardCtx, FusedAct, LayerNorm, Linear, LoraDelta};
 use crate::ops::attention::{attention, AttnDropout};
-use crate::weights::ParamSource;
+use crate::ops::layer::{frozen_layer, FrozenLayerParams, LayerDropout};
+use crate::weights::{ParamSource, Table};
 
 /// Token, position and token-type embeddings followed by layer norm.
 #[derive(Clone, Debug)]
 pub struct Embeddings {
-    word: Tensor,
+    word: Table,
     position: Tensor,
     token_type: Tensor,
     norm: LayerNorm,
@@ -23,7 +24,7 @@ pub struct Embeddings {
 impl Embeddings {
     fn detached(&self) -> Self {
         Embeddings {
-            word: self.word.detach(),
+            word: self.word.detached(),
             position: self.position.detach(),
             token_type: self.token_type.detach(),
             norm: self.norm.detached(),
@@ -35,7 +36,7 @@ impl Embeddings {
     pub fn load(cfg: &EncoderConfig, src: &ParamSource) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(Embeddings {
-            word: src.get(&[cfg.vocab_size, h], "word_embeddings.weight")?,
+            word: src.get_table(&[cfg.vocab_size, h], "word_embeddings.weight")?,
             position: src.get(
                 &[cfg.max_position_embeddings, h],
                 "position_embeddings.weight",
@@ -47,18 +48,18 @@ impl Embeddings {
         })
     }
 
-    /// The word-embedding matrix `[vocab, hidden]`.
-    pub fn word_embeddings(&self) -> &Tensor {
+    /// The word-embedding table `[vocab, hidden]`: left in the file in a frozen backbone (rows read on lookup), a
+    /// trainable tensor in full fine-tuning.
+    pub fn word_embeddings(&self) -> &Table {
         &self.word
     }
 
     /// Looks up word embeddings of `ids [B, L]` → `[B, L, H]`.
     pub fn embed_tokens(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (b, l) = ids.dims2()?;
-        let flat = ids.flatten_all()?.to_dtype(DType::U32)?;
         self.word
-            .index_select(&flat, 0)?
-            .reshape((b, l, self.word.dim(1)?))
+            .lookup(&ids.flatten_all()?)?
+            .reshape((b, l, self.word.cols()))
     }
 
     /// Adds positions (sequential from the family's offset) and token types, then normalises.
@@ -237,8 +238,88 @@ impl EncoderLayer {
         })
     }
 
-    /// Applies the layer.
+    /// The parameters of the one-op frozen layer ([`frozen_layer`]), when it applies: every
+    /// projection and norm frozen, no LoRA, Q/K/V packed with biases, erf GELU, dropout below 1.
+    fn fused_params(&self, x: &Tensor) -> Option<FrozenLayerParams> {
+        let at = &self.attention;
+        let qkv = at.qkv.as_ref()?;
+        let linears = [
+            &at.query,
+            &at.key,
+            &at.value,
+            &at.output,
+            &self.intermediate,
+            &self.output,
+        ];
+        let plain = linears
+            .iter()
+            .all(|l| l.is_frozen() && !l.has_lora() && l.bias().is_some())
+            && qkv.is_frozen()
+            && at.norm.is_frozen()
+            && self.norm.is_frozen();
+        let drop_ok = [at.attn_dropout, at.hidden_dropout, self.hidden_dropout]
+            .iter()
+            .all(|&p| p < 1.0);
+        if !(plain && drop_ok && self.act == Activation::Gelu && crate::nn::is_fusable(x)) {
+            return None;
+        }
+        Some(FrozenLayerParams {
+            qkv_w: qkv.weight().clone(),
+            qkv_b: qkv.bias()?.clone(),
+            out_w: at.output.weight().clone(),
+            out_b: at.output.bias()?.clone(),
+            ln1_g: at.norm.weight().clone(),
+            ln1_b: at.norm.bias().clone(),
+            ln1_eps: at.norm.eps(),
+            inter_w: self.intermediate.weight().clone(),
+            inter_b: self.intermediate.bias()?.clone(),
+            output_w: self.output.weight().clone(),
+            output_b: self.output.bias()?.clone(),
+            ln2_g: self.norm.weight().clone(),
+            ln2_b: self.norm.bias().clone(),
+            ln2_eps: self.norm.eps(),
+            heads: at.heads,
+        })
+    }
+
+    /// Applies the layer: as one fused op when the layer is frozen and plain (see
+    /// [`frozen_layer`]), else composed of separate differentiable ops.
     pub fn forward(
+        &self,
+        x: &Tensor,
+        mask_bias: &Tensor,
+        ctx: &ForwardCtx,
+    ) -> candle_core::Result<Tensor> {
+        if let Some(params) = self.fused_params(x) {
+            let (b, l, _) = x.dims3()?;
+            let mask: Vec<f32> = mask_bias
+                .to_dtype(DType::F32)?
+                .broadcast_as((b, 1, 1, l))?
+                .flatten_all()?
+                .to_vec1()?;
+            // Seeds drawn in the order the composed layer draws them.
+            let train = ctx.is_train();
+            let attn = (train && self.attention.attn_dropout > 0.0).then(|| AttnDropout {
+                p: self.attention.attn_dropout as f32,
+                seed: ctx.next_seed(),
+            });
+            let hidden1 = (train && self.attention.hidden_dropout > 0.0)
+                .then(|| (self.attention.hidden_dropout as f32, ctx.next_seed()));
+            let hidden2 = (train && self.hidden_dropout > 0.0)
+                .then(|| (self.hidden_dropout as f32, ctx.next_seed()));
+            let drop = LayerDropout {
+                attn,
+                hidden1,
+                hidden2,
+            };
+            return frozen_layer(x, &params, mask, drop);
+        }
+        self.forward_composed(x, mask_bias, ctx)
+    }
+
+    /// The layer composed of separate differentiable ops (LoRA, full fine-tuning, and the
+    /// reference the fused layer is tested against).
+    pub fn forward_composed(
         &self,
         x: &Tensor,
         mask_bias: &Tensor,
@@ -362,6 +443,11 @@ impl Encoder {
     /// The configuration.
     pub fn config(&self) -> &EncoderConfig {
         &self.cfg
+    }
+
+    /// The layers.
+    pub fn layers(&self) -> &[EncoderLayer] {
+        &self.layers
     }
 
     /// The embeddings block.

@@ -25,3 +25,4 @@ pub use nn::ForwardCtx;
 pub use peft::MethodConfig;
 pub use tokenize::{Batch, TextEncoder, TextInput};
 pub use trainable::TrainableSet;
+pub use weights::WeightDtype;

@@ -18,6 +18,16 @@ fn fusable(t: &Tensor) -> bool {
     t.dtype() == DType::F32 && matches!(t.device(), Device::Cpu)
 }
 
+/// Whether the fused CPU kernels apply to this tensor (f32 on the CPU).
+pub(crate) fn is_fusable(t: &Tensor) -> bool {
+    fusable(t)
+}
+
+/// Whether a frozen weight suits the fused kernels (f32 or bf16 on the CPU).
+fn fusable_weight(t: &Tensor) -> bool {
+    matches!(t.dtype(), DType::F32 | DType::BF16) && matches!(t.device(), Device::Cpu)
+}
+
 /// Per-forward context: training mode (dropout), whether gradients are recorded, and the
 /// seeded random source for dropout.
 pub struct ForwardCtx {
@@ -154,7 +164,7 @@ impl Linear {
         in_dim: usize,
         src: &crate::weights::ParamSource,
     ) -> crate::Result<Self> {
-        let weight = src.get(&[out_dim, in_dim], "weight")?;
+        let weight = src.get_matrix(&[out_dim, in_dim], "weight")?;
         let bias = src.get(&[out_dim], "bias")?;
         Ok(Linear::new(weight, Some(bias)))
     }
@@ -206,7 +216,7 @@ impl Linear {
 
     /// `act(layer(x))`, with the activation fused into the kernel of a frozen layer.
     pub fn forward_act(&self, xs: &Tensor, act: FusedAct, ctx: &ForwardCtx) -> Result<Tensor> {
-        if self.lora.is_none() && self.is_frozen() && fusable(xs) && fusable(&self.weight) {
+        if self.lora.is_none() && self.is_frozen() && fusable(xs) && fusable_weight(&self.weight) {
             // One op on `[..., in]` as it is: no reshape nodes in the graph.
             return ops::linear::frozen_linear(xs, &self.weight, self.bias.as_ref(), act);
         }
@@ -214,7 +224,7 @@ impl Linear {
         let in_dim = dims[dims.len() - 1];
         let rows = xs.elem_count() / in_dim;
         let x2 = xs.reshape((rows, in_dim))?;
-        let fused = self.is_frozen() && fusable(&x2) && fusable(&self.weight);
+        let fused = self.is_frozen() && fusable(&x2) && fusable_weight(&self.weight);
         let mut y = if fused {
             // A LoRA delta is added before the activation.
             ops::linear::frozen_linear(&x2, &self.weight, self.bias.as_ref(), FusedAct::Identity)?
@@ -267,6 +277,26 @@ impl LayerNorm {
     /// From gamma, beta and epsilon.
     pub fn new(weight: Tensor, bias: Tensor, eps: f64) -> Self {
         LayerNorm { weight, bias, eps }
+    }
+
+    /// Gamma.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// Beta.
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+
+    /// Epsilon.
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+
+    /// Whether gamma and beta are constants (no gradient flows to them).
+    pub fn is_frozen(&self) -> bool {
+        !self.weight.track_op() && !self.bias.track_op()
     }
 
     /// Loads `weight` and `bias` of width `dim`.

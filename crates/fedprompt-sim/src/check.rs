@@ -107,7 +107,7 @@ pub fn check_experiment(cfg: &ExperimentConfig) -> Result<String> {
         path: cfg.name.clone().into(),
         msg,
     })?;
-    let backbone = load_backbone(&cfg.model.path)?;
+    let backbone = load_backbone(&cfg.model.path, cfg.model.dtype)?;
     let max_len = text_max_len(cfg, &backbone)?;
     let (data, mut out) = describe_data(cfg, 3)?;
     check_data(cfg, &data)?;

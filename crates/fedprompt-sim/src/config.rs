@@ -61,6 +61,11 @@ pub struct ModelSection {
     /// Maximum tokens per example (virtual tokens included); longer inputs are truncated.
     #[serde(default = "default_max_len")]
     pub max_len: usize,
+    /// Float type of the frozen backbone's matrices: `"f32"` (exact, the default) or `"bf16"`
+    /// (fast mode: half the weight memory; bf16 products with f32 sums on CPUs with AMX; the
+    /// trainable set and the optimizer stay f32). See docs/performance.md.
+    #[serde(default)]
+    pub dtype: fedprompt_model::WeightDtype,
 }
 
 fn default_model() -> String {

@@ -85,7 +85,7 @@ pub fn export_federation(
         msg,
     })?;
 
-    let backbone = load_backbone(&single.model.path)?;
+    let backbone = load_backbone(&single.model.path, single.model.dtype)?;
     let data = crate::data::load(&single.data, single.seed)?;
     // As `run_experiment` resolves this single run; the clients apply the same
     // `fedprompt_train::text_max_len` to `max_len` (virtual tokens included).

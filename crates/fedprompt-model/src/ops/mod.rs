@@ -7,7 +7,9 @@
 //! `tests/ops.rs`, values and gradients, contiguous and strided inputs.
 
 pub mod attention;
+pub mod bf16;
 pub mod dropout;
+pub mod layer;
 pub mod linear;
 pub mod norm;
 pub mod softmax;
@@ -30,6 +32,77 @@ pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> 
     match &*storage {
         Storage::Cpu(cpu) => Ok(f(contiguous_slice(cpu, layout)?)),
         _ => bail!("fused op: only CPU tensors are supported"),
+    }
+}
+
+/// A frozen weight's data, f32 or raw bf16 bits.
+#[derive(Clone, Copy)]
+pub(crate) enum WeightPtr {
+    /// f32 elements.
+    F32(*const f32),
+    /// bf16 elements (raw bits).
+    Bf16(*const u16),
+}
+
+/// Runs `f` on the contiguous data of a CPU f32 or bf16 tensor (copied first only if strided).
+pub(crate) fn with_weight<R>(t: &Tensor, f: impl FnOnce(WeightPtr, usize) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        bail!("fused op: only CPU tensors are supported")
+    };
+    let Some((a, b)) = layout.contiguous_offsets() else {
+        bail!("fused op: expected a contiguous weight")
+    };
+    match cpu {
+        CpuStorage::F32(v) => Ok(f(WeightPtr::F32(v[a..b].as_ptr()), b - a)),
+        CpuStorage::BF16(v) => Ok(f(WeightPtr::Bf16(v[a..b].as_ptr().cast()), b - a)),
+        _ => bail!("fused op: weights must be f32 or bf16, got {:?}", t.dtype()),
+    }
+}
+
+/// `dst = [dst +] a · B` where `B` (k×n) is a weight seen through strides `(rs, cs)`: the f32
+/// GEMM for f32 weights, [`bf16::gemm_f32_bf16`] for bf16 ones.
+///
+/// # Safety
+/// As [`sgemm`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_weight(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    a: Mat,
+    w: WeightPtr,
+    rs: isize,
+    cs: isize,
+    threads: usize,
+) {
+    match w {
+        WeightPtr::F32(ptr) => sgemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_rs,
+            accumulate,
+            a,
+            Mat { ptr, rs, cs },
+            threads,
+        ),
+        WeightPtr::Bf16(ptr) => bf16::gemm_f32_bf16(
+            m,
+            n,
+            k,
+            dst,
+            dst_rs,
+            accumulate,
+            a,
+            bf16::BMat { ptr, rs, cs },
+            threads,
+        ),
     }
 }
 

@@ -6,6 +6,64 @@ use rayon::prelude::*;
 
 use super::{contiguous_slice, rows_per_task, with_f32};
 
+/// `s = o + res` (written into `o`), then `y = LayerNorm(s)`, row by row in one parallel pass.
+pub(crate) fn add_layer_norm_rows(
+    o: &mut [f32],
+    res: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    y: &mut [f32],
+) {
+    let h = gamma.len();
+    let chunk = h * rows_per_task(h);
+    o.par_chunks_mut(chunk)
+        .zip(res.par_chunks(chunk).zip(y.par_chunks_mut(chunk)))
+        .for_each(|(o, (res, y))| {
+            for ((s, r), y) in o.chunks_mut(h).zip(res.chunks(h)).zip(y.chunks_mut(h)) {
+                s.iter_mut().zip(r).for_each(|(s, &r)| *s += r);
+                let (mean, rstd) = row_stats(s, eps);
+                for (((y, &x), &g), &b) in y.iter_mut().zip(s.iter()).zip(gamma).zip(beta) {
+                    *y = (x - mean) * rstd * g + b;
+                }
+            }
+        });
+}
+
+/// The input gradient of LayerNorm with constant `gamma` at input `x`, for the output
+/// gradient `g`, written into `dx`, row by row in one parallel pass.
+pub(crate) fn layer_norm_input_grad_rows(
+    x: &[f32],
+    g: &[f32],
+    gamma: &[f32],
+    eps: f32,
+    dx: &mut [f32],
+) {
+    let h = gamma.len();
+    let chunk = h * rows_per_task(h);
+    dx.par_chunks_mut(chunk)
+        .zip(x.par_chunks(chunk).zip(g.par_chunks(chunk)))
+        .for_each(|(dx, (x, g))| {
+            for ((dx, x), g) in dx.chunks_mut(h).zip(x.chunks(h)).zip(g.chunks(h)) {
+                let (mean, rstd) = row_stats(x, eps);
+                let mut sa = 0f32;
+                let mut sb = 0f32;
+                for i in 0..h {
+                    let xh = (x[i] - mean) * rstd;
+                    let v = g[i] * gamma[i];
+                    sa += v;
+                    sb += v * xh;
+                }
+                let a = sa / h as f32;
+                let b = sb / h as f32;
+                for i in 0..h {
+                    let xh = (x[i] - mean) * rstd;
+                    dx[i] = rstd * (g[i] * gamma[i] - a - xh * b);
+                }
+            }
+        });
+}
+
 struct LayerNormOp {
     eps: f32,
 }

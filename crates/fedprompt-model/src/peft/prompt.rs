@@ -30,7 +30,7 @@ pub fn create(
             encoder
                 .embeddings()
                 .word_embeddings()
-                .index_select(&ids, 0)?
+                .lookup(&ids)?
                 .to_dtype(DType::F32)?
                 .contiguous()?
         }

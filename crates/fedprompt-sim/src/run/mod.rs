@@ -129,14 +129,15 @@ impl Ctx<'_> {
     }
 }
 
-/// Loads the model named by the experiment (`default` = the built-in model).
-pub fn load_backbone(path: &str) -> Result<Backbone> {
+/// Loads the model named by the experiment (`default` = the built-in model), its frozen
+/// matrices in `dtype`.
+pub fn load_backbone(path: &str, dtype: fedprompt_model::WeightDtype) -> Result<Backbone> {
     let dir = if path == "default" {
         fedprompt_hub::default_model_dir()?
     } else {
         PathBuf::from(path)
     };
-    Ok(Backbone::load(&dir)?)
+    Ok(Backbone::load_with(&dir, dtype)?)
 }
 
 fn io_err(path: &Path, cause: std::io::Error) -> SimError {
@@ -162,7 +163,7 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<(RunR
         std::fs::remove_dir_all(&ckpt_root).map_err(|e| io_err(&ckpt_root, e))?;
     }
     let started = Instant::now();
-    let backbone = load_backbone(&cfg.model.path)?;
+    let backbone = load_backbone(&cfg.model.path, cfg.model.dtype)?;
     let mp = MultiProgress::new();
     if !opts.progress {
         mp.set_draw_target(ProgressDrawTarget::hidden());

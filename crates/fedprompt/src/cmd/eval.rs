@@ -61,7 +61,7 @@ pub fn run(a: Args, g: &Globals) -> Result<()> {
     if !demo {
         common::check_data_file(&a.data, "data file")?;
     }
-    let backbone = common::load_backbone(a.model.model.as_deref(), g)?;
+    let backbone = common::load_backbone(a.model.model.as_deref(), a.model.dtype, g)?;
     let clf = common::load_adapter(&backbone, &a.adapter)?;
     let labels = LabelMap::new(clf.labels().iter().cloned())?;
 

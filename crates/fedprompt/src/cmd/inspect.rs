@@ -118,7 +118,7 @@ pub fn run(a: Args, g: &Globals) -> Result<()> {
     if a.clients == 0 || a.rounds == 0 {
         bail!("--clients and --rounds must be at least 1");
     }
-    let backbone = common::load_backbone(a.model.model.as_deref(), g)?;
+    let backbone = common::load_backbone(a.model.model.as_deref(), a.model.dtype, g)?;
     let cfg = backbone.config();
     let labels: Vec<String> = (0..a.labels).map(|i| format!("LABEL_{i}")).collect();
     let specs = methods();

@@ -173,7 +173,7 @@ pub fn run(a: Args, g: &Globals) -> Result<()> {
         bail!("--batch-size must be at least 1");
     }
     let records = parse_input(&a.input, &a.text_field, &a.pair_field)?;
-    let backbone = common::load_backbone(a.model.model.as_deref(), g)?;
+    let backbone = common::load_backbone(a.model.model.as_deref(), a.model.dtype, g)?;
     let clf = match &a.adapter {
         Some(dir) => common::load_adapter(&backbone, dir)?,
         None => folder_head(&backbone)?,

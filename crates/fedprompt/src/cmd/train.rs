@@ -246,7 +246,7 @@ pub fn run(a: Args, g: &Globals) -> Result<()> {
             data.labels.names().join(", ")
         );
     }
-    let backbone = common::load_backbone(a.model.model.as_deref(), g)?;
+    let backbone = common::load_backbone(a.model.model.as_deref(), a.model.dtype, g)?;
     let clf = Classifier::new(&backbone, &method, data.labels.names(), a.seed)?;
     let enc = common::text_encoder(&backbone, a.max_len, method.virtual_tokens())?;
 

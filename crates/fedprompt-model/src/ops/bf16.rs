@@ -1,0 +1,400 @@
+//! Products with frozen bf16 weights: `dst = [dst +] A · B` where `A` is f32 (activations or
+//! gradients) and `B` is a bf16 weight, accumulated in f32.
+//!
+//! * On CPUs with AMX (`amx-bf16`, Intel Sapphire Rapids and later, enabled for the process
+//!   with `arch_prctl(ARCH_REQ_XCOMP_PERM)`), `A` is rounded to bf16 (nearest even) and the
+//!   product runs on the tile unit (`tdpbf16ps`: bf16 products, f32 sums).
+//! * Elsewhere the bf16 weight is widened to f32 (exactly) and the product is the f32 GEMM of
+//!   the `gemm` crate: the same result as an f32 model whose weights were rounded to bf16.
+//!
+//! Hand-written because no well-kept Rust crate offers a bf16 GEMM: `gemm` 0.19 has f16 but not
+//! bf16 kernels, and std::arch's AMX intrinsics are unstable (so the tile instructions are
+//! written with `asm!`). avx512_bf16's `vdpbf16ps` was measured too and is not used: on the
+//! Sapphire Rapids this was written on it ran at half the f32 FMA rate (39 vs 80 GFLOP/s on
+//! one core), so widening to f32 is the faster fallback there.
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use super::{sgemm, Mat, SendConstPtr, SendPtr};
+
+/// A strided bf16 matrix operand (`ptr[r * rs + c * cs]`, raw bf16 bits).
+#[derive(Clone, Copy)]
+pub(crate) struct BMat {
+    pub ptr: *const u16,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+/// Whether the AMX bf16 path is used (detected once; `FEDPROMPT_NO_AMX=1` turns it off, for
+/// comparisons and for tests of the fallback).
+pub fn amx_enabled() -> bool {
+    static AMX: OnceLock<bool> = OnceLock::new();
+    *AMX.get_or_init(|| {
+        if std::env::var_os("FEDPROMPT_NO_AMX").is_some_and(|v| v != "0") {
+            return false;
+        }
+        amx::detect_and_enable()
+    })
+}
+
+/// `dst (m×n, row stride dst_rs) = [dst +] a (m×k, f32) · b (k×n, bf16)`.
+///
+/// # Safety
+/// Every element addressed by the strides must lie inside live allocations, and no other
+/// thread may write the destination block.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_f32_bf16(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    a: Mat,
+    b: BMat,
+    threads: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                std::slice::from_raw_parts_mut(dst.add(r * dst_rs), n).fill(0.0);
+            }
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if amx_enabled() {
+        amx::gemm(m, n, k, dst, dst_rs, accumulate, a, b, threads);
+        return;
+    }
+    // Fallback: widen B to a contiguous f32 k×n matrix (exact) and run the f32 GEMM.
+    let mut wide = vec![0f32; k * n];
+    let bp = SendConstPtr(b.ptr as *const f32);
+    wide.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
+        let p = bp.get() as *const u16;
+        for (c, w) in row.iter_mut().enumerate() {
+            *w = bf16_to_f32(*p.offset(r as isize * b.rs + c as isize * b.cs));
+        }
+    });
+    sgemm(
+        m,
+        n,
+        k,
+        dst,
+        dst_rs,
+        accumulate,
+        a,
+        Mat {
+            ptr: wide.as_ptr(),
+            rs: n as isize,
+            cs: 1,
+        },
+        threads,
+    );
+}
+
+/// bf16 bits → f32 (exact).
+#[inline]
+pub(crate) fn bf16_to_f32(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
+}
+
+/// f32 → bf16 bits, round to nearest even (NaN stays NaN).
+#[inline]
+pub(crate) fn f32_to_bf16(x: f32) -> u16 {
+    half::bf16::from_f32(x).to_bits()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use super::*;
+    use std::arch::asm;
+
+    /// Rows of a tile and the bf16 elements of a tile row (64 bytes).
+    const TR: usize = 16;
+    const TK: usize = 32;
+
+    /// CPUID says AMX-TILE and AMX-BF16, and the kernel grants the tile data state.
+    pub(super) fn detect_and_enable() -> bool {
+        let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+        let amx_bf16 = leaf7.edx & (1 << 22) != 0;
+        let amx_tile = leaf7.edx & (1 << 24) != 0;
+        if !(amx_bf16 && amx_tile && std::is_x86_feature_detected!("avx512f")) {
+            return false;
+        }
+        request_tile_permission()
+    }
+
+    #[cfg(target_os = "linux")]
+    fn request_tile_permission() -> bool {
+        const SYS_ARCH_PRCTL: i64 = 158;
+        const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+        const XFEATURE_XTILEDATA: i64 = 18;
+        let r: i64;
+        // SAFETY: arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA) only asks the kernel to allow
+        // the tile state for this process; it reads and writes no memory of ours.
+        unsafe {
+            asm!(
+                "syscall",
+                inlateout("rax") SYS_ARCH_PRCTL => r,
+                in("rdi") ARCH_REQ_XCOMP_PERM,
+                in("rsi") XFEATURE_XTILEDATA,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        r == 0
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn request_tile_permission() -> bool {
+        false
+    }
+
+    /// The 64-byte tile configuration (palette 1): eight tiles of 16 rows × 64 bytes.
+    #[repr(C, align(64))]
+    struct TileConfig {
+        palette: u8,
+        start_row: u8,
+        reserved: [u8; 14],
+        colsb: [u16; 16],
+        rows: [u8; 16],
+    }
+
+    impl TileConfig {
+        fn all_16x64() -> Self {
+            let mut c = TileConfig {
+                palette: 1,
+                start_row: 0,
+                reserved: [0; 14],
+                colsb: [0; 16],
+                rows: [0; 16],
+            };
+            for t in 0..8 {
+                c.colsb[t] = 64;
+                c.rows[t] = TR as u8;
+            }
+            c
+        }
+    }
+
+    /// `a` (m×k f32, strided) as bf16, row-major `m_pad × k_pad`, zero-padded.
+    fn pack_a(m: usize, k: usize, m_pad: usize, k_pad: usize, a: Mat) -> Vec<u16> {
+        let mut out = vec![0u16; m_pad * k_pad];
+        let ap = SendConstPtr(a.ptr);
+        out.par_chunks_mut(k_pad)
+            .take(m)
+            .enumerate()
+            .for_each(|(r, row)| {
+                let base = ap.get();
+                // SAFETY: row r < m, columns < k lie inside `a` (the caller's contract).
+                unsafe {
+                    if a.cs == 1 {
+                        let src = std::slice::from_raw_parts(base.offset(r as isize * a.rs), k);
+                        convert_row(src, &mut row[..k]);
+                    } else {
+                        for (c, o) in row[..k].iter_mut().enumerate() {
+                            *o = f32_to_bf16(*base.offset(r as isize * a.rs + c as isize * a.cs));
+                        }
+                    }
+                }
+            });
+        out
+    }
+
+    /// f32 → bf16 (nearest even) of one row, 16 at a time with avx512_bf16 when present.
+    fn convert_row(src: &[f32], dst: &mut [u16]) {
+        if std::is_x86_feature_detected!("avx512bf16") {
+            // SAFETY: the feature was just detected.
+            unsafe { convert_row_avx512(src, dst) }
+        } else {
+            dst.iter_mut()
+                .zip(src)
+                .for_each(|(d, &s)| *d = f32_to_bf16(s));
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn convert_row_avx512(src: &[f32], dst: &mut [u16]) {
+        use std::arch::x86_64::*;
+        let n = src.len().min(dst.len());
+        let mut i = 0;
+        while i + 16 <= n {
+            let v = _mm512_loadu_ps(src.as_ptr().add(i));
+            let h: __m256bh = _mm512_cvtneps_pbh(v);
+            _mm256_storeu_si256(
+                dst.as_mut_ptr().add(i).cast(),
+                std::mem::transmute::<__m256bh, __m256i>(h),
+            );
+            i += 16;
+        }
+        for j in i..n {
+            dst[j] = f32_to_bf16(src[j]);
+        }
+    }
+
+    /// `b` (k×n bf16, strided) in the tile unit's pair layout: per block of 16 columns,
+    /// `k_pad / 2` rows of 16 (even, odd) pairs of k; zero-padded to `n_pad` columns.
+    fn pack_b(k: usize, n: usize, k_pad: usize, n_pad: usize, b: BMat) -> Vec<u16> {
+        let block = k_pad * TR; // elements per 16-column block
+        let mut out = vec![0u16; n_pad / TR * block];
+        let bp = SendConstPtr(b.ptr as *const f32);
+        out.par_chunks_mut(block).enumerate().for_each(|(jb, blk)| {
+            let p = bp.get() as *const u16;
+            let cols = (n - (jb * TR).min(n)).min(TR);
+            for jj in 0..cols {
+                let j = (jb * TR + jj) as isize;
+                for kk in 0..k {
+                    // SAFETY: kk < k, j < n lie inside `b` (the caller's contract).
+                    let v = unsafe { *p.offset(kk as isize * b.rs + j * b.cs) };
+                    blk[(kk / 2) * 2 * TR + jj * 2 + (kk & 1)] = v;
+                }
+            }
+        });
+        out
+    }
+
+    /// See [`super::gemm_f32_bf16`]; requires [`detect_and_enable`] to have returned true.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn gemm(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: *mut f32,
+        dst_rs: usize,
+        accumulate: bool,
+        a: Mat,
+        b: BMat,
+        threads: usize,
+    ) {
+        let m_pad = m.div_ceil(2 * TR) * 2 * TR;
+        let n_pad = n.div_ceil(2 * TR) * 2 * TR;
+        let k_pad = k.div_ceil(TK) * TK;
+        let ap = pack_a(m, k, m_pad, k_pad, a);
+        let bp = pack_b(k, n, k_pad, n_pad, b);
+        let col_pairs = n_pad / (2 * TR);
+        let parts = threads.clamp(1, col_pairs);
+        let per = col_pairs.div_ceil(parts);
+        let dstp = SendPtr(dst);
+        let (app, bpp) = (
+            SendConstPtr(ap.as_ptr() as *const f32),
+            SendConstPtr(bp.as_ptr() as *const f32),
+        );
+        (0..parts).into_par_iter().for_each(|t| {
+            let lo = t * per;
+            let hi = ((t + 1) * per).min(col_pairs);
+            if lo < hi {
+                // SAFETY: the packed buffers outlive this call; each task writes its own
+                // columns of dst.
+                unsafe {
+                    tiles(
+                        m,
+                        n,
+                        m_pad,
+                        k_pad,
+                        lo..hi,
+                        app.get() as *const u16,
+                        bpp.get() as *const u16,
+                        dstp.get(),
+                        dst_rs,
+                        accumulate,
+                    )
+                }
+            }
+        });
+    }
+
+    /// One task's columns: pairs of 16-column blocks `cols`, all rows, 32×32 at a time with
+    /// four accumulator tiles (tmm0–3), two A tiles (tmm4–5) and two B tiles (tmm6–7).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tiles(
+        m: usize,
+        n: usize,
+        m_pad: usize,
+        k_pad: usize,
+        cols: std::ops::Range<usize>,
+        ap: *const u16,
+        bp: *const u16,
+        dst: *mut f32,
+        dst_rs: usize,
+        accumulate: bool,
+    ) {
+        let cfg = TileConfig::all_16x64();
+        let mut out = Out([0f32; 4 * TR * TR]);
+        let a_stride = k_pad * 2; // bytes per packed A row
+        let b_stride = 2 * TR * 2; // bytes per packed B row (16 pairs)
+        let b_block = k_pad * TR; // elements per 16-column block
+        asm!("ldtilecfg [{0}]", in(reg) &cfg as *const TileConfig, options(nostack, readonly));
+        for cp in cols {
+            let b0 = bp.add(2 * cp * b_block);
+            let b1 = b0.add(b_block);
+            for rb in (0..m_pad).step_by(2 * TR) {
+                let a0 = ap.add(rb * k_pad);
+                let a1 = a0.add(TR * k_pad);
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem)
+                );
+                for kb in 0..k_pad / TK {
+                    // A tiles: 16 rows × 32 k; B tiles: 16 pair-rows (32 k) × 16 columns.
+                    asm!(
+                        "tileloadd tmm4, [{a0} + {sa}]",
+                        "tileloadd tmm5, [{a1} + {sa}]",
+                        "tileloadd tmm6, [{b0} + {sb}]",
+                        "tileloadd tmm7, [{b1} + {sb}]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        a0 = in(reg) a0.add(kb * TK),
+                        a1 = in(reg) a1.add(kb * TK),
+                        b0 = in(reg) b0.add(kb * TK * TR),
+                        b1 = in(reg) b1.add(kb * TK * TR),
+                        sa = in(reg) a_stride,
+                        sb = in(reg) b_stride,
+                        options(nostack, readonly),
+                    );
+                }
+                // out: a 32×32 f32 block, row stride 32 floats (128 bytes).
+                let o = out.0.as_mut_ptr();
+                asm!(
+                    "tilestored [{o0} + {s}], tmm0",
+                    "tilestored [{o1} + {s}], tmm1",
+                    "tilestored [{o2} + {s}], tmm2",
+                    "tilestored [{o3} + {s}], tmm3",
+                    o0 = in(reg) o,
+                    o1 = in(reg) o.add(TR),
+                    o2 = in(reg) o.add(TR * 2 * TR),
+                    o3 = in(reg) o.add(TR * 2 * TR + TR),
+                    s = in(reg) 2 * TR * 4,
+                    options(nostack),
+                );
+                let rows = (m - rb.min(m)).min(2 * TR);
+                let c0 = cp * 2 * TR;
+                let ncols = (n - c0.min(n)).min(2 * TR);
+                for r in 0..rows {
+                    let d = std::slice::from_raw_parts_mut(dst.add((rb + r) * dst_rs + c0), ncols);
+                    let s = &out.0[r * 2 * TR..r * 2 * TR + ncols];
+                    if accumulate {
+                        d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
+                    } else {
+                        d.copy_from_slice(s);
+                    }
+                }
+            }
+        }
+        asm!("tilerelease", options(nostack, nomem));
+    }
+
+    #[repr(C, align(64))]
+    struct Out([f32; 4 * TR * TR]);
+}

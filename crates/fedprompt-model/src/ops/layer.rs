@@ -1,0 +1,400 @@
+//! A whole frozen transformer layer (post-LN, erf GELU) as one op: the packed Q/K/V
+//! projection, the attention core, the output projection, dropout, residual and layer norm,
+//! the feed-forward block, dropout, residual and layer norm.
+//!
+//! Why one op: a frozen layer's backward needs only its input gradient, so of all the
+//! activations only five are needed — the packed projection and the attention probabilities
+//! (attention backward), the two pre-norm sums (layer-norm backward) and the feed-forward
+//! pre-activation (GELU backward). Composed of separate ops, candle's graph would keep every
+//! intermediate alive (each op's inputs) until the loss is dropped; here the op keeps exactly
+//! those five and frees each as soon as its backward has used it. It also runs bias, dropout,
+//! residual and norm as one pass each instead of separate ones, and records one graph node per
+//! layer instead of about twelve.
+//!
+//! Numerics are those of the composed ops (the same kernels, the same dropout masks from the
+//! same seeds); `tests/ops.rs` checks values and input gradients against the composed layer.
+
+use std::sync::Mutex;
+
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::attention::{AttentionOp, AttnDropout};
+use super::dropout::dropout_in_place;
+use super::linear::{gelu, gelu_grad};
+use super::norm::{add_layer_norm_rows, layer_norm_input_grad_rows};
+use super::{contiguous_slice, gemm_threads, gemm_weight, rows_per_task, with_weight, Mat};
+
+/// The frozen parameters of one layer (weights `[out, in]`, f32 or bf16; the rest f32).
+#[derive(Clone, Debug)]
+pub struct FrozenLayerParams {
+    /// Query, key and value packed, `[3H, H]`.
+    pub qkv_w: Tensor,
+    /// `[3H]`.
+    pub qkv_b: Tensor,
+    /// Attention output projection `[H, H]`.
+    pub out_w: Tensor,
+    /// `[H]`.
+    pub out_b: Tensor,
+    /// Attention layer norm gamma `[H]`.
+    pub ln1_g: Tensor,
+    /// Attention layer norm beta `[H]`.
+    pub ln1_b: Tensor,
+    /// Its epsilon.
+    pub ln1_eps: f64,
+    /// Feed-forward in `[F, H]`.
+    pub inter_w: Tensor,
+    /// `[F]`.
+    pub inter_b: Tensor,
+    /// Feed-forward out `[H, F]`.
+    pub output_w: Tensor,
+    /// `[H]`.
+    pub output_b: Tensor,
+    /// Output layer norm gamma `[H]`.
+    pub ln2_g: Tensor,
+    /// Output layer norm beta `[H]`.
+    pub ln2_b: Tensor,
+    /// Its epsilon.
+    pub ln2_eps: f64,
+    /// Attention heads.
+    pub heads: usize,
+}
+
+/// Dropout of one layer in training: the attention probabilities', and the seeds of the two
+/// hidden dropouts (after the attention output and after the feed-forward block).
+#[derive(Clone, Copy, Debug)]
+pub struct LayerDropout {
+    /// Dropout of the attention probabilities.
+    pub attn: Option<AttnDropout>,
+    /// Hidden dropout after the attention output projection: `(p, seed)`.
+    pub hidden1: Option<(f32, u64)>,
+    /// Hidden dropout after the feed-forward block: `(p, seed)`.
+    pub hidden2: Option<(f32, u64)>,
+}
+
+/// What the backward needs, freed as it goes.
+struct Saved {
+    qkv: Vec<f32>,
+    probs: Vec<f32>,
+    s1: Vec<f32>,
+    s2: Vec<f32>,
+    u: Vec<f32>,
+}
+
+/// Small f32 parameters, read once per op.
+struct Vectors {
+    qkv_b: Vec<f32>,
+    out_b: Vec<f32>,
+    ln1_g: Vec<f32>,
+    ln1_b: Vec<f32>,
+    inter_b: Vec<f32>,
+    output_b: Vec<f32>,
+    ln2_g: Vec<f32>,
+    ln2_b: Vec<f32>,
+}
+
+struct FrozenLayerOp {
+    p: FrozenLayerParams,
+    v: Vectors,
+    attn: AttentionOp,
+    drop: LayerDropout,
+    save: bool,
+    saved: Mutex<Option<Saved>>,
+}
+
+/// `rows` copies of `bias`, the start of a GEMM that accumulates onto it.
+fn bias_rows(bias: &[f32], rows: usize) -> Vec<f32> {
+    let n = bias.len();
+    let mut y = vec![0f32; rows * n];
+    y.par_chunks_mut(n * rows_per_task(n))
+        .for_each(|c| c.chunks_mut(n).for_each(|r| r.copy_from_slice(bias)));
+    y
+}
+
+/// `dst (rows×n) [+]= a (rows×k, contiguous) · Wᵀ` for a weight `w [n, k]`.
+fn mul_wt(
+    a: &[f32],
+    rows: usize,
+    k: usize,
+    w: &Tensor,
+    dst: &mut [f32],
+    accumulate: bool,
+) -> Result<()> {
+    let n = dst.len() / rows.max(1);
+    with_weight(w, |wp, len| {
+        assert!(len == n * k && a.len() == rows * k && dst.len() == rows * n);
+        // SAFETY: all three buffers have the asserted sizes and are contiguous.
+        unsafe {
+            gemm_weight(
+                rows,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                n,
+                accumulate,
+                Mat {
+                    ptr: a.as_ptr(),
+                    rs: k as isize,
+                    cs: 1,
+                },
+                wp,
+                1,
+                k as isize,
+                gemm_threads(),
+            )
+        }
+    })
+}
+
+/// `dst (rows×k) [+]= g (rows×n, contiguous) · W` for a weight `w [n, k]` (an input gradient).
+fn mul_w(
+    g: &[f32],
+    rows: usize,
+    n: usize,
+    w: &Tensor,
+    dst: &mut [f32],
+    accumulate: bool,
+) -> Result<()> {
+    let k = dst.len() / rows.max(1);
+    with_weight(w, |wp, len| {
+        assert!(len == n * k && g.len() == rows * n && dst.len() == rows * k);
+        // SAFETY: all three buffers have the asserted sizes and are contiguous.
+        unsafe {
+            gemm_weight(
+                rows,
+                k,
+                n,
+                dst.as_mut_ptr(),
+                k,
+                accumulate,
+                Mat {
+                    ptr: g.as_ptr(),
+                    rs: n as isize,
+                    cs: 1,
+                },
+                wp,
+                k as isize,
+                1,
+                gemm_threads(),
+            )
+        }
+    })
+}
+
+impl FrozenLayerOp {
+    fn dims(&self, dims: &[usize]) -> Result<(usize, usize, usize, usize, usize)> {
+        let (b, l, h) = match dims {
+            [b, l, h] => (*b, *l, *h),
+            d => bail!("frozen-layer: expected [B, L, H], got {d:?}"),
+        };
+        let f = self.v.inter_b.len();
+        let heads = self.p.heads;
+        if heads == 0 || h % heads != 0 || self.v.qkv_b.len() != 3 * h || self.v.ln1_g.len() != h {
+            bail!("frozen-layer: hidden {h}, heads {heads}, parameters of another width");
+        }
+        Ok((b, l, h, f, h / heads))
+    }
+
+    fn run_forward(
+        &self,
+        x: &[f32],
+        b: usize,
+        l: usize,
+        h: usize,
+        f: usize,
+        d: usize,
+    ) -> Result<Vec<f32>> {
+        let t = b * l;
+        let v = &self.v;
+        let mut qkv = bias_rows(&v.qkv_b, t);
+        mul_wt(x, t, h, &self.p.qkv_w, &mut qkv, true)?;
+        let (ctx, probs) = self.attn.run_forward(&qkv, b, l, h, d);
+        let mut s1 = bias_rows(&v.out_b, t);
+        mul_wt(&ctx, t, h, &self.p.out_w, &mut s1, true)?;
+        drop(ctx);
+        if let Some((p, seed)) = self.drop.hidden1 {
+            dropout_in_place(&mut s1, p, seed);
+        }
+        let mut a = vec![0f32; t * h];
+        add_layer_norm_rows(
+            &mut s1,
+            x,
+            &v.ln1_g,
+            &v.ln1_b,
+            self.p.ln1_eps as f32,
+            &mut a,
+        );
+        let mut u = bias_rows(&v.inter_b, t);
+        mul_wt(&a, t, h, &self.p.inter_w, &mut u, true)?;
+        let chunk = f * rows_per_task(f);
+        let act = if self.save {
+            let mut g = vec![0f32; t * f];
+            g.par_chunks_mut(chunk)
+                .zip(u.par_chunks(chunk))
+                .for_each(|(g, u)| g.iter_mut().zip(u).for_each(|(g, &u)| *g = gelu(u)));
+            g
+        } else {
+            u.par_chunks_mut(chunk)
+                .for_each(|u| u.iter_mut().for_each(|u| *u = gelu(*u)));
+            std::mem::take(&mut u)
+        };
+        let mut s2 = bias_rows(&v.output_b, t);
+        mul_wt(&act, t, f, &self.p.output_w, &mut s2, true)?;
+        drop(act);
+        if let Some((p, seed)) = self.drop.hidden2 {
+            dropout_in_place(&mut s2, p, seed);
+        }
+        let mut y = vec![0f32; t * h];
+        add_layer_norm_rows(
+            &mut s2,
+            &a,
+            &v.ln2_g,
+            &v.ln2_b,
+            self.p.ln2_eps as f32,
+            &mut y,
+        );
+        drop(a);
+        if self.save {
+            *self.saved.lock().expect("frozen-layer: poisoned") = Some(Saved {
+                qkv,
+                probs,
+                s1,
+                s2,
+                u,
+            });
+        }
+        Ok(y)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_backward(
+        &self,
+        s: Saved,
+        dy: &[f32],
+        b: usize,
+        l: usize,
+        h: usize,
+        f: usize,
+        d: usize,
+    ) -> Result<Vec<f32>> {
+        let t = b * l;
+        let v = &self.v;
+        let Saved {
+            qkv,
+            probs,
+            s1,
+            s2,
+            u,
+        } = s;
+        // Output layer norm.
+        let mut ds2 = vec![0f32; t * h];
+        layer_norm_input_grad_rows(&s2, dy, &v.ln2_g, self.p.ln2_eps as f32, &mut ds2);
+        drop(s2);
+        // Through the dropout, the feed-forward out projection and GELU (into `u`).
+        let mut dg = u;
+        {
+            let dropped;
+            let do2: &[f32] = match self.drop.hidden2 {
+                Some((p, seed)) => {
+                    let mut x = ds2.clone();
+                    dropout_in_place(&mut x, p, seed);
+                    dropped = x;
+                    &dropped
+                }
+                None => &ds2,
+            };
+            // dg holds u; compute g·W into a fresh buffer, then multiply by GELU'(u) in place.
+            let mut gw = vec![0f32; t * f];
+            mul_w(do2, t, h, &self.p.output_w, &mut gw, false)?;
+            let chunk = f * rows_per_task(f);
+            dg.par_chunks_mut(chunk)
+                .zip(gw.par_chunks(chunk))
+                .for_each(|(u, g)| {
+                    u.iter_mut()
+                        .zip(g)
+                        .for_each(|(u, &g)| *u = g * gelu_grad(*u))
+                });
+        }
+        // da = ds2 (residual) + du · W_in
+        let mut da = ds2;
+        mul_w(&dg, t, f, &self.p.inter_w, &mut da, true)?;
+        drop(dg);
+        // Attention layer norm.
+        let mut ds1 = vec![0f32; t * h];
+        layer_norm_input_grad_rows(&s1, &da, &v.ln1_g, self.p.ln1_eps as f32, &mut ds1);
+        drop((s1, da));
+        // Through the dropout and the attention output projection.
+        let mut dctx = vec![0f32; t * h];
+        match self.drop.hidden1 {
+            Some((p, seed)) => {
+                let mut x = ds1.clone();
+                dropout_in_place(&mut x, p, seed);
+                mul_w(&x, t, h, &self.p.out_w, &mut dctx, false)?;
+            }
+            None => mul_w(&ds1, t, h, &self.p.out_w, &mut dctx, false)?,
+        }
+        let dqkv = self.attn.run_backward(&qkv, &probs, &dctx, b, l, h, d);
+        drop((qkv, probs, dctx));
+        // dx = ds1 (residual) + dqkv · W_qkv
+        let mut dx = ds1;
+        mul_w(&dqkv, t, 3 * h, &self.p.qkv_w, &mut dx, true)?;
+        Ok(dx)
+    }
+}
+
+impl CustomOp1 for FrozenLayerOp {
+    fn name(&self) -> &'static str {
+        "frozen-layer"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, l, h, f, d) = self.dims(layout.dims())?;
+        let x = contiguous_slice(storage, layout)?;
+        let y = self.run_forward(x, b, l, h, f, d)?;
+        Ok((CpuStorage::F32(y), layout.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (b, l, h, f, d) = self.dims(arg.dims())?;
+        let Some(saved) = self.saved.lock().expect("frozen-layer: poisoned").take() else {
+            bail!("frozen-layer: the activations were not kept, or a second backward ran")
+        };
+        let grad = grad.contiguous()?;
+        let dx = super::with_f32(&grad, |dy| self.run_backward(saved, dy, b, l, h, f, d))??;
+        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+    }
+}
+
+/// The frozen layer applied to `x [B, L, H]` (f32, CPU) with the additive key mask `mask`
+/// (`[B·L]`) and, in training, dropout; differentiable in `x` only (the parameters are
+/// constants).
+pub fn frozen_layer(
+    x: &Tensor,
+    params: &FrozenLayerParams,
+    mask: Vec<f32>,
+    dropout: LayerDropout,
+) -> Result<Tensor> {
+    let vec = |t: &Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_vec1::<f32>() };
+    let v = Vectors {
+        qkv_b: vec(&params.qkv_b)?,
+        out_b: vec(&params.out_b)?,
+        ln1_g: vec(&params.ln1_g)?,
+        ln1_b: vec(&params.ln1_b)?,
+        inter_b: vec(&params.inter_b)?,
+        output_b: vec(&params.output_b)?,
+        ln2_g: vec(&params.ln2_g)?,
+        ln2_b: vec(&params.ln2_b)?,
+    };
+    let (_, _, h) = x.dims3()?;
+    let d = h / params.heads.max(1);
+    let save = x.track_op();
+    let op = FrozenLayerOp {
+        p: params.clone(),
+        v,
+        attn: AttentionOp::new(params.heads, mask, d, dropout.attn, save),
+        drop: dropout,
+        save,
+        saved: Mutex::new(None),
+    };
+    x.contiguous()?.apply_op1(op)
+}

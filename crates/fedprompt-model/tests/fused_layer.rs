@@ -1,0 +1,163 @@
+//! The one-op frozen layer (`ops::layer`) against the layer composed of separate ops: values
+//! and input gradients, in eval and in training (the same dropout masks from the same seeds),
+//! with a padded key, in f32 and with bf16 weights; and the bf16 product against f32.
+
+use candle_core::{DType, Device, Tensor, Var};
+use fedprompt_model::{Backbone, ForwardCtx, WeightDtype};
+
+mod common;
+
+use common::{fixtures, max_abs};
+
+fn randn(shape: &[usize], seed: u64) -> Tensor {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// `|a − b|∞ ≤ tol · max(1, |b|∞)`.
+fn assert_close(a: &Tensor, b: &Tensor, tol: f32, what: &str) {
+    assert_eq!(a.dims(), b.dims(), "{what}: shapes");
+    let d = max_abs(&(a - b).unwrap());
+    let scale = max_abs(b).max(1.0);
+    assert!(d <= tol * scale, "{what}: differ by {d} (scale {scale})");
+}
+
+fn check(family: &str, dtype: WeightDtype, train: bool) {
+    let backbone = Backbone::load_with(&fixtures().join(format!("tiny-{family}")), dtype).unwrap();
+    let h = backbone.config().hidden_size;
+    let (b, l) = (3, 7);
+    // The last two keys of sequence 1 are padding.
+    let mut mask = vec![0f32; b * l];
+    mask[l + l - 2..2 * l].fill(-1e9);
+    let mask = Tensor::from_vec(mask, (b, 1, 1, l), &Device::Cpu).unwrap();
+    let x = Var::from_tensor(&randn(&[b, l, h], 7)).unwrap();
+    let r = randn(&[b, l, h], 8);
+    for (i, layer) in backbone.encoder().layers().iter().enumerate() {
+        let ctx = || {
+            if train {
+                ForwardCtx::train(42)
+            } else {
+                ForwardCtx::eval_with_grad()
+            }
+        };
+        let run = |fused: bool| {
+            let c = ctx();
+            let y = if fused {
+                layer.forward(x.as_tensor(), &mask, &c).unwrap()
+            } else {
+                layer.forward_composed(x.as_tensor(), &mask, &c).unwrap()
+            };
+            let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let g = grads.get(x.as_tensor()).expect("gradient").clone();
+            // The next seed tells whether both drew the same number of seeds.
+            (y.detach(), g, c.next_seed())
+        };
+        let (y1, g1, s1) = run(true);
+        let (y2, g2, s2) = run(false);
+        let what = format!("{family} layer {i} {dtype} train {train}");
+        assert_close(&y1, &y2, 1e-5, &format!("{what}: value"));
+        assert_close(&g1, &g2, 1e-5, &format!("{what}: input gradient"));
+        assert_eq!(s1, s2, "{what}: seeds drawn");
+    }
+}
+
+#[test]
+fn fused_layer_matches_composed_f32() {
+    for family in ["xlmr", "bert"] {
+        check(family, WeightDtype::F32, false);
+        check(family, WeightDtype::F32, true);
+    }
+}
+
+#[test]
+fn fused_layer_matches_composed_bf16() {
+    check("xlmr", WeightDtype::Bf16, false);
+    check("xlmr", WeightDtype::Bf16, true);
+}
+
+#[test]
+fn bf16_weights_are_the_rounded_f32_ones() {
+    let dir = fixtures().join("tiny-xlmr");
+    let w = fedprompt_model::weights::Weights::open(&dir).unwrap();
+    let name = "roberta.encoder.layer.0.intermediate.dense.weight";
+    let f = w.get(name, &[64, 32]).unwrap();
+    let b = w.get_as(name, &[64, 32], WeightDtype::Bf16).unwrap();
+    assert_eq!(b.dtype(), DType::BF16);
+    let back: Vec<f32> = b
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let f: Vec<f32> = f.flatten_all().unwrap().to_vec1().unwrap();
+    // Round to nearest: at most half a bf16 ulp (8 significant bits), so 2⁻⁸ of the value.
+    for (&r, &x) in back.iter().zip(&f) {
+        assert!((r - x).abs() <= x.abs() / 256.0, "{x} rounded to {r}");
+    }
+    assert!(back != f, "the weights were not rounded");
+}
+
+/// The bf16 product (AMX where present) against the f32 product of the same bf16 weight: with
+/// AMX the activations are rounded to bf16 too, so the reference rounds them as well.
+#[test]
+fn bf16_product_matches_f32_of_rounded_operands() {
+    use fedprompt_model::ops::linear::{frozen_linear, FusedAct};
+    for (rows, k, n) in [
+        (37usize, 45usize, 50usize),
+        (1, 1, 1),
+        (64, 768, 96),
+        (5, 300, 17),
+    ] {
+        let x = randn(&[rows, k], 1);
+        let w = randn(&[n, k], 2).to_dtype(DType::BF16).unwrap();
+        let bias = randn(&[n], 3);
+        let y = frozen_linear(&x, &w, Some(&bias), FusedAct::Identity).unwrap();
+        let amx = fedprompt_model::ops::bf16::amx_enabled();
+        let xr = if amx {
+            x.to_dtype(DType::BF16)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+        } else {
+            x.clone()
+        };
+        let wf = w.to_dtype(DType::F32).unwrap();
+        let reference = xr
+            .matmul(&wf.t().unwrap())
+            .unwrap()
+            .broadcast_add(&bias)
+            .unwrap();
+        // Sums in another order: f32 rounding of k terms.
+        assert_close(
+            &y,
+            &reference,
+            1e-5 * (k as f32).sqrt(),
+            &format!("{rows}x{k}x{n} amx {amx}"),
+        );
+        // The input gradient: g · W, with g rounded to bf16 under AMX.
+        let xv = Var::from_tensor(&x).unwrap();
+        let g = randn(&[rows, n], 4);
+        let y = frozen_linear(xv.as_tensor(), &w, Some(&bias), FusedAct::Identity).unwrap();
+        let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let dx = grads.get(xv.as_tensor()).unwrap();
+        let gr = if amx {
+            g.to_dtype(DType::BF16)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+        } else {
+            g.clone()
+        };
+        let dref = gr.matmul(&wf).unwrap();
+        assert_close(
+            dx,
+            &dref,
+            1e-5 * (n as f32).sqrt(),
+            &format!("grad {rows}x{k}x{n}"),
+        );
+    }
+}
