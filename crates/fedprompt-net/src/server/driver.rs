@@ -461,6 +461,7 @@ fn drive_blocking(
         rounds: cfg.rounds,
         evaluate_every: cfg.evaluate_every,
         client_config: cfg.client_config.clone(),
+        privacy: None,
     };
     let linger_for = secs("linger_s", cfg.linger_s)?;
     let result = run_rounds(&mut server, &mut clients, &rules);

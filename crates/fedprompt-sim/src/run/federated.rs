@@ -250,6 +250,7 @@ impl Ctx<'_> {
             rounds: plan.rounds,
             evaluate_every: 0,
             client_config: plan.client_config(),
+            privacy: None,
         };
         run_rounds(&mut server, &mut clients, &rules)?;
         pb.finish_and_clear();
