@@ -78,6 +78,8 @@ pub struct CurveRecord {
     pub accuracy: f64,
     /// Evaluation loss (empty when not measured).
     pub loss: Option<f64>,
+    /// DP `ε` spent after this round (empty without DP accounting).
+    pub epsilon: Option<f64>,
 }
 
 /// Long-format accuracy records, rows in order and languages in `languages` order.
@@ -113,6 +115,7 @@ pub fn write_csvs(r: &RunResults, dir: &Path) -> Result<Vec<PathBuf>> {
                 round: p.round,
                 accuracy: p.accuracy,
                 loss: p.loss,
+                epsilon: p.epsilon,
             })
         })
         .collect();

@@ -102,6 +102,7 @@ impl Ctx<'_> {
                     round: e as u32 + 1,
                     accuracy: vals.iter().sum::<f64>() / vals.len().max(1) as f64,
                     loss: None,
+                    epsilon: None,
                 }
             })
             .collect();
@@ -123,6 +124,7 @@ impl Ctx<'_> {
                 points,
             },
             comm: None,
+            privacy: None,
             seconds: start.elapsed().as_secs_f64(),
         })
     }

@@ -3,12 +3,14 @@
 //! - `plan`: each run's settings resolved once from the file's defaults and its overrides;
 //! - `local`: monolingual and centralized runs;
 //! - `federated`: federated runs, the shared round loop over in-process clients;
+//! - `privacy`: DP accounting, weight caps and the clients' local-DP step of a federated run;
 //! - `state`: what `--resume` finds (finished runs; a federated run's state per round);
 //! - `results`: rows, curves, distances and notes of the results folder.
 
 mod federated;
 mod local;
 mod plan;
+mod privacy;
 mod results;
 mod state;
 
@@ -203,6 +205,11 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<(RunR
         let outcome = ctx.run_or_resume(plan, None, &slug(&plan.spec.label))?;
         tracing::info!(run = %plan.spec.label, avg = outcome.row.average, "run finished");
         timings.push(format!("{}: {:.0} s", plan.spec.label, outcome.seconds));
+        if let Some(note) = &outcome.privacy {
+            results
+                .meta
+                .insert(format!("privacy: {}", plan.spec.label), note.clone());
+        }
         results.rows.push(outcome.row);
         results.curves.push(outcome.curve);
         results.comm.extend(outcome.comm);
