@@ -6,6 +6,10 @@
 //! Weights are uniform so that one client changes the sum by at most `S`.
 //! The strategy built on it is [`crate::DpFedAvg`] (`strategy/dp_fedavg.rs`); this module
 //! depends on no strategy.
+//!
+//! Local DP ([`privatize_update`]) is the same mechanism run by each client on its own
+//! delta before sending: `h_k' = h_g + clip(Δ_k) + N(0, σ²S²I)`. The accounting of both
+//! is [`crate::privacy`].
 
 use rand::Rng;
 use rand_distr::{Distribution, Normal};
@@ -69,4 +73,27 @@ pub fn add_gaussian_noise<R: Rng + ?Sized>(
         }
     }
     Ok(())
+}
+
+/// The client side of DP: clips `params − global` to `dp.clip_norm` and, when
+/// `dp.noise_multiplier > 0`, adds `N(0, (σ·S)²)` to every value of the clipped delta
+/// (local DP); `params` becomes `global + clip(Δ) (+ noise)`. Returns the delta's norm
+/// before clipping.
+///
+/// Outside a simulation `rng` must be unpredictable to the server (seeded from the OS):
+/// noise the server can regenerate protects nothing.
+pub fn privatize_update<R: Rng + ?Sized>(
+    global: &Params,
+    params: &mut Params,
+    dp: &GaussianDp,
+    rng: &mut R,
+) -> Result<f64> {
+    dp.validate()?;
+    let mut delta = params.sub(global)?;
+    let norm = clip_to_norm(&mut delta, dp.clip_norm);
+    add_gaussian_noise(&mut delta, dp.noise_multiplier * dp.clip_norm, rng)?;
+    let mut out = global.clone();
+    out.add_scaled(&delta, 1.0)?;
+    *params = out;
+    Ok(norm)
 }

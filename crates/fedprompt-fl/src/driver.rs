@@ -9,6 +9,7 @@
 
 use crate::error::FlError;
 use crate::params::Params;
+use crate::privacy::PrivacyAccounting;
 use crate::round_config::{merge_config, ClientConfig};
 use crate::server::{EvalOutcome, EvalRound, FitRound, RoundOutcome, Server};
 use crate::update::ClientId;
@@ -110,6 +111,9 @@ pub struct RunRules {
     /// The operator's round configuration (epochs, learning rate...); the strategy's keys
     /// (`round`, `proximal_mu`) go over it.
     pub client_config: ClientConfig,
+    /// DP accounting: with a `max_epsilon`, the run stops before the round that would
+    /// exceed it.
+    pub privacy: Option<PrivacyAccounting>,
 }
 
 /// Rounds in a row whose aggregation may fail before the run ends with the error.
@@ -124,9 +128,12 @@ pub struct RunReport {
     pub evaluations: Vec<EvalOutcome>,
     /// Whether the run was stopped before `rounds`.
     pub stopped: bool,
+    /// Why the privacy budget stopped the run, when it did (then `stopped` is true).
+    pub budget_stop: Option<String>,
 }
 
-/// Runs training rounds until `server.round() == rules.rounds` or a stop: plan the round over
+/// Runs training rounds until `server.round() == rules.rounds`, a stop, or the privacy budget
+/// (`rules.privacy`'s `max_epsilon`, checked before each round): plan the round over
 /// the available clients, carry it, close it (quorum, aggregation), evaluate when due, and
 /// call the hooks.
 ///
@@ -148,6 +155,16 @@ pub fn run_rounds<C: RoundClients>(
     let mut report = RunReport::default();
     let mut attempts = 0u32;
     while server.round() < rules.rounds {
+        // Every closed round counts (aggregated or not): the bound stays conservative.
+        if let Some(why) = rules
+            .privacy
+            .as_ref()
+            .and_then(|p| p.stop_before(server.round() + 1))
+        {
+            report.budget_stop = Some(why);
+            report.stopped = true;
+            break;
+        }
         let Some(available) = clients.wait_available(min)? else {
             report.stopped = true;
             break;

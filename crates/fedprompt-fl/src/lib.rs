@@ -2,7 +2,8 @@
 //!
 //! [`Params`] (named f32 tensors, safetensors on the wire), [`ClientUpdate`]s,
 //! [`Strategy`]s (weighted FedAvg = Federated Prompt Averaging, FedProx,
-//! FedAdam/FedYogi/FedAdagrad), seeded client [`Sampling`], a [`CommLedger`],
+//! FedAdam/FedYogi/FedAdagrad, DP-FedAvg, coordinate-wise median and trimmed mean),
+//! [`ClientWeights`] caps, [`privacy`] accounting, seeded client [`Sampling`], a [`CommLedger`],
 //! and a [`Server`] round state machine with checkpoints. The only I/O is
 //! [`ServerState::save_checkpoint`] and [`ServerState::load_checkpoint`].
 
@@ -15,6 +16,7 @@ pub mod dp;
 pub mod driver;
 mod error;
 mod params;
+pub mod privacy;
 pub mod round_config;
 mod sampling;
 pub mod seed;
@@ -33,9 +35,9 @@ pub use server::{
     EvalOutcome, EvalRound, FitRound, RoundCollector, RoundOutcome, Server, ServerState,
 };
 pub use strategy::{
-    add_proximal_grad, fedavg, proximal_term, weighted_average_f64, DpFedAvg, EvalAggregate,
-    FedAvg, FedOpt, FedOptKind, FedOptParams, FedOptState, FedProx, RoundPlan, RoundPolicy,
-    Strategy, StrategyConfig, StrategyState,
+    add_proximal_grad, fedavg, proximal_term, weighted_average_f64, ClientWeights, DpFedAvg,
+    EvalAggregate, FedAvg, FedOpt, FedOptKind, FedOptParams, FedOptState, FedProx, Median,
+    RoundPlan, RoundPolicy, Strategy, StrategyConfig, StrategyState, TrimmedMean,
 };
 pub use update::{
     screen_updates, weighted_metrics, ClientId, ClientUpdate, EvaluateResult, Failure, Metrics,

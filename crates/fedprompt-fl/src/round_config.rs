@@ -41,9 +41,14 @@ pub mod keys {
     pub const SEED: &str = "seed";
     /// FedProx's μ: weight of the proximal term anchoring local training to the global.
     pub const PROXIMAL_MU: &str = "proximal_mu";
+    /// Client-side clipping: the client clips its update's delta `h_k − h_g` to this L2 norm
+    /// before sending (Flower's `fixedclipping_mod` key).
+    pub const CLIPPING_NORM: &str = "clipping_norm";
+    /// Local DP: the client adds `N(0, (z·clipping_norm)²)` noise to its clipped delta.
+    pub const DP_NOISE_MULTIPLIER: &str = "dp_noise_multiplier";
 
     /// Every key above.
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 9] = [
         ROUND,
         EPOCHS,
         LEARNING_RATE,
@@ -51,6 +56,8 @@ pub mod keys {
         MAX_STEPS_PER_EPOCH,
         SEED,
         PROXIMAL_MU,
+        CLIPPING_NORM,
+        DP_NOISE_MULTIPLIER,
     ];
 }
 
@@ -71,6 +78,10 @@ pub struct RoundConfig {
     pub seed: Option<u64>,
     /// See [`keys::PROXIMAL_MU`] (finite, >= 0; 0 = plain FedAvg).
     pub proximal_mu: Option<f64>,
+    /// See [`keys::CLIPPING_NORM`] (finite, > 0).
+    pub clipping_norm: Option<f64>,
+    /// See [`keys::DP_NOISE_MULTIPLIER`] (finite, >= 0; needs `clipping_norm`).
+    pub dp_noise_multiplier: Option<f64>,
 }
 
 fn as_int(key: &str, v: &ConfigValue) -> Result<i64, String> {
@@ -142,10 +153,40 @@ impl RoundConfig {
                     out.seed =
                         Some(u64::try_from(s).map_err(|_| format!("`{k}` must be >= 0, got {s}"))?);
                 }
+                keys::CLIPPING_NORM => {
+                    let x = as_float(k, v)?;
+                    if !(x.is_finite() && x > 0.0) {
+                        return Err(format!("`{k}` must be a finite number > 0, got {x}"));
+                    }
+                    out.clipping_norm = Some(x);
+                }
+                keys::DP_NOISE_MULTIPLIER => {
+                    let x = as_float(k, v)?;
+                    if !(x.is_finite() && x >= 0.0) {
+                        return Err(format!("`{k}` must be a finite number >= 0, got {x}"));
+                    }
+                    out.dp_noise_multiplier = Some(x);
+                }
                 _ => {}
             }
         }
+        if out.dp_noise_multiplier.is_some() && out.clipping_norm.is_none() {
+            return Err(format!(
+                "`{}` needs `{}`: the noise is scaled to the clipping norm",
+                keys::DP_NOISE_MULTIPLIER,
+                keys::CLIPPING_NORM
+            ));
+        }
         Ok(out)
+    }
+
+    /// The client-side DP step this round asks for: clip to `clipping_norm`, then add noise
+    /// with `dp_noise_multiplier` (0 when only clipping is asked).
+    pub fn client_dp(&self) -> Option<crate::dp::GaussianDp> {
+        self.clipping_norm.map(|clip_norm| crate::dp::GaussianDp {
+            clip_norm,
+            noise_multiplier: self.dp_noise_multiplier.unwrap_or(0.0),
+        })
     }
 
     /// Like [`RoundConfig::parse`], but a key fedprompt does not know is an error too (for
@@ -184,6 +225,12 @@ impl RoundConfig {
         }
         if let Some(v) = self.proximal_mu {
             c.insert(keys::PROXIMAL_MU.into(), ConfigValue::Float(v));
+        }
+        if let Some(v) = self.clipping_norm {
+            c.insert(keys::CLIPPING_NORM.into(), ConfigValue::Float(v));
+        }
+        if let Some(v) = self.dp_noise_multiplier {
+            c.insert(keys::DP_NOISE_MULTIPLIER.into(), ConfigValue::Float(v));
         }
         c
     }

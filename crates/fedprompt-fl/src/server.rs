@@ -8,7 +8,7 @@ use crate::comm::{CommLedger, Traffic};
 use crate::error::{FlError, Result};
 use crate::params::{Layout, Params};
 use crate::sampling::Phase;
-use crate::strategy::{EvalAggregate, RoundPlan, Strategy, StrategyState};
+use crate::strategy::{ClientWeights, EvalAggregate, RoundPlan, Strategy, StrategyState};
 use crate::update::{weighted_metrics, ClientId, ClientUpdate, EvaluateResult, Failure, Metrics};
 
 /// Everything needed to resume a run: written by [`ServerState::save_checkpoint`].
@@ -249,6 +249,7 @@ pub struct Server {
     global: Params,
     strategy: Box<dyn Strategy>,
     ledger: CommLedger,
+    weights: ClientWeights,
 }
 
 impl Server {
@@ -261,7 +262,19 @@ impl Server {
             global: initial,
             strategy,
             ledger: CommLedger::new(),
+            weights: ClientWeights::default(),
         })
+    }
+
+    /// Caps the example counts clients claim before every aggregation (see [`ClientWeights`]).
+    pub fn with_client_weights(mut self, weights: ClientWeights) -> Self {
+        self.weights = weights;
+        self
+    }
+
+    /// The caps on claimed example counts.
+    pub fn client_weights(&self) -> &ClientWeights {
+        &self.weights
     }
 
     /// Resumes from a checkpoint; the strategy must be of the same type and seed.
@@ -287,6 +300,7 @@ impl Server {
             global: state.global,
             strategy,
             ledger: state.ledger,
+            weights: ClientWeights::default(),
         })
     }
 
@@ -377,6 +391,8 @@ impl Server {
         if let Some(why) = skipped {
             outcome.skipped = Some(why);
         } else {
+            // Weights are the claims capped by the coordinator's rules.
+            self.weights.apply(&mut fit.results);
             let new_global =
                 self.strategy
                     .aggregate_fit(round, &self.global, &fit.results, &fit.failures)?;

@@ -135,6 +135,7 @@ fn rules(rounds: u64, evaluate_every: u64) -> RunRules {
             (keys::EPOCHS.to_string(), ConfigValue::Int(2)),
             (keys::ROUND.to_string(), ConfigValue::Int(99)),
         ]),
+        privacy: None,
     }
 }
 
@@ -220,4 +221,72 @@ fn a_stopped_run_is_a_shutdown_even_if_nothing_was_aggregated() {
     assert!(report.stopped);
     assert_eq!(report.outcomes.len(), 1);
     assert!(!report.outcomes[0].aggregated);
+}
+
+#[test]
+fn the_privacy_budget_stops_the_run_before_the_round_that_would_exceed_it() {
+    use fedprompt_fl::privacy::{privacy_accounting, PrivacyConfig};
+    let strategy = StrategyConfig::DpFedAvg {
+        clip_norm: 1.0,
+        noise_multiplier: 1.0,
+    };
+    let budget = PrivacyConfig {
+        max_epsilon: Some(10.0),
+        ..PrivacyConfig::default()
+    };
+    let acc = privacy_accounting(&strategy, Some(&budget), 1.0)
+        .unwrap()
+        .unwrap();
+    // The last round whose epsilon stays within 10.
+    let last_ok = (1..100)
+        .take_while(|&t| acc.epsilon(t) <= 10.0)
+        .last()
+        .unwrap();
+    assert!(last_ok >= 1 && acc.epsilon(last_ok + 1) > 10.0);
+    let mut s = server(strategy);
+    let mut m = Mem::new(&[("a", 1.0, 1), ("b", 2.0, 1)]);
+    let mut r = rules(100, 0);
+    r.privacy = Some(acc.clone());
+    let report = run_rounds(&mut s, &mut m, &r).unwrap();
+    assert!(report.stopped);
+    assert_eq!(
+        s.round(),
+        last_ok,
+        "stops after the last round within budget"
+    );
+    assert_eq!(report.outcomes.len() as u64, last_ok);
+    let why = report.budget_stop.expect("the budget says why");
+    assert!(why.contains("max_epsilon 10"), "{why}");
+    assert!(acc.epsilon(s.round()) <= 10.0);
+}
+
+#[test]
+fn a_budget_below_one_round_is_refused_up_front() {
+    use fedprompt_fl::privacy::{privacy_accounting, PrivacyConfig};
+    let strategy = StrategyConfig::DpFedAvg {
+        clip_norm: 1.0,
+        noise_multiplier: 0.5,
+    };
+    let budget = PrivacyConfig {
+        max_epsilon: Some(0.01),
+        ..PrivacyConfig::default()
+    };
+    let e = privacy_accounting(&strategy, Some(&budget), 1.0).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("below the epsilon of a single round"),
+        "{e}"
+    );
+    // [privacy] without any DP mechanism, and DP asked twice, are refused too.
+    let e = privacy_accounting(&StrategyConfig::FedAvg, Some(&budget), 1.0).unwrap_err();
+    assert!(e.to_string().contains("no DP mechanism is on"), "{e}");
+    let both = PrivacyConfig {
+        local: Some(fedprompt_fl::dp::GaussianDp {
+            clip_norm: 1.0,
+            noise_multiplier: 1.0,
+        }),
+        ..PrivacyConfig::default()
+    };
+    let e = privacy_accounting(&strategy, Some(&both), 1.0).unwrap_err();
+    assert!(e.to_string().contains("choose one"), "{e}");
 }

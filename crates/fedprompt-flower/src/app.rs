@@ -14,7 +14,9 @@
 //! the JSON string `fedprompt-spec` of the ConfigRecord, or from the node's own settings.
 //! Flower's hyphenated config keys map onto fedprompt's: `server-round` is the round,
 //! `local-epochs` (or `epochs`), `learning-rate` (or `lr`), `batch-size`, `seed`,
-//! `proximal-mu` (FedProx).
+//! `proximal-mu` (FedProx), and `clipping_norm`: sent by Flower's
+//! `DifferentialPrivacyClientSideFixedClipping`, it makes the node clip its update's delta
+//! from the global to that L2 norm before replying, as Flower's `fixedclipping_mod` does.
 
 use std::collections::BTreeMap;
 
@@ -251,7 +253,9 @@ impl<T: LocalTrainer> MessageHandler for FedpromptApp<T> {
         };
         let order: Vec<String> = arrays.0.iter().map(|(k, _)| k.clone()).collect();
         if kind == "train" {
-            let r = self.trainer.fit(&task).map_err(|e| fail(e.to_string()))?;
+            let mut r = self.trainer.fit(&task).map_err(|e| fail(e.to_string()))?;
+            // Flower's client-side fixed clipping sends `clipping_norm`: clip the delta to it.
+            fedprompt_train::apply_client_dp(&task, &mut r).map_err(|e| fail(e.to_string()))?;
             if !r.params.same_layout(&global) {
                 return Err(fail(
                     "training changed the names or shapes of the trainable set",

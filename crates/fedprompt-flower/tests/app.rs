@@ -125,3 +125,43 @@ fn unsupported_and_malformed_messages_get_error_replies() {
     let nan = ArrayRecord(vec![("x".into(), Array::from_f32(&[1], &[f32::NAN]))]);
     assert!(app.handle(&message("train", nan, true)).is_err());
 }
+
+#[test]
+fn clipping_norm_from_flowers_client_side_clipping_clips_the_delta() {
+    let trainer = DeterministicTrainer::new(4, 37);
+    let g = params_from_arrays(&global()).unwrap();
+    let unclipped = trainer.apply(&g, 2);
+    let full_norm = unclipped.sub(&g).unwrap().l2_norm();
+    let clip = 0.25;
+    assert!(
+        full_norm > 4.0 * clip,
+        "the trainer's delta must need clipping"
+    );
+    let mut msg = message("train", global(), true);
+    let Some(RecordDict(records)) = msg.content.as_mut() else {
+        panic!("no content")
+    };
+    let Record::Config(c) = &mut records[1].1 else {
+        panic!("no config")
+    };
+    c.items.push(proto::config_record::Item {
+        key: "clipping_norm".into(),
+        value: Some(proto::ConfigRecordValue {
+            value: Some(Cv::Double(clip)),
+        }),
+    });
+    let mut app = FedpromptApp::new(trainer, None);
+    let rd = app.handle(&msg).unwrap();
+    let (_, arrays) = rd.arrays().unwrap();
+    let sent = params_from_arrays(arrays).unwrap();
+    let delta = sent.sub(&g).unwrap();
+    // Clipped to the norm, in the direction of the unclipped delta: g + Δ·(S/‖Δ‖).
+    assert!((delta.l2_norm() - clip).abs() < 1e-5, "{}", delta.l2_norm());
+    let mut want = unclipped.sub(&g).unwrap();
+    want.scale((clip / full_norm) as f32);
+    for (name, t) in delta.iter() {
+        for (a, b) in t.data().iter().zip(want.get(name).unwrap().data()) {
+            assert!((a - b).abs() < 1e-6, "{name}: {a} vs {b}");
+        }
+    }
+}

@@ -133,6 +133,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_update_bytes: None,
         liveness_s: 60.0,
         linger_s: 5.0,
+        privacy: None,
+        weights: Default::default(),
     };
     let cfg_path = dir.path().join("federation.toml");
     std::fs::write(&cfg_path, toml::to_string(&cfg)?)?;

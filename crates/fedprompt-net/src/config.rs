@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fedprompt_fl::{ClientConfig, RoundPolicy, StrategyConfig};
+use fedprompt_fl::privacy::PrivacyConfig;
+use fedprompt_fl::{ClientConfig, ClientWeights, RoundPolicy, StrategyConfig};
 pub use fedprompt_train::ModelSpec;
 use serde::{Deserialize, Serialize};
 
@@ -112,6 +113,15 @@ pub struct ServeConfig {
     /// Seconds to keep serving after the last round so clients learn that the run is over.
     #[serde(default = "d_linger")]
     pub linger_s: f64,
+    /// Differential privacy (`[privacy]`): `target_delta`, `max_epsilon`, and
+    /// `[privacy.local]` (clients clip and noise their own updates); central DP is strategy
+    /// `dpfedavg`. See `docs/privacy.md`.
+    #[serde(default)]
+    pub privacy: Option<PrivacyConfig>,
+    /// Caps on the example counts clients claim (`[weights]`: `max_examples_per_client`,
+    /// `declared = { client = examples }` for clients of the tokens file, `uniform`).
+    #[serde(default)]
+    pub weights: ClientWeights,
 }
 
 fn default_strategy() -> StrategyConfig {

@@ -111,6 +111,17 @@ pub enum Event {
         /// Seconds the round took.
         seconds: f64,
     },
+    /// Differential privacy spent so far (after each training round of a run with DP).
+    Privacy {
+        /// Training rounds behind the bound.
+        round: u64,
+        /// `ε` at `delta`.
+        epsilon: f64,
+        /// Target `δ`.
+        delta: f64,
+        /// `central` or `local`.
+        mode: String,
+    },
     /// An evaluation round closed.
     Evaluation {
         /// Training rounds behind the evaluated global.
@@ -135,7 +146,7 @@ pub enum Event {
     Finished {
         /// Completed training rounds.
         rounds: u64,
-        /// Why it ended (`completed`, `shutdown`).
+        /// Why it ended (`completed`, `shutdown`, `privacy budget`, `failed`).
         reason: String,
     },
 }

@@ -30,6 +30,7 @@ fn curve(paradigm: &str, end: f64, speed: f64) -> Curve {
             round: r,
             accuracy: (0.1 + (end - 0.1) * (1.0 - (-speed * f64::from(r)).exp())).min(1.0),
             loss: Some(2.3 * (-speed * f64::from(r)).exp() + 0.4),
+            epsilon: None,
         })
         .collect();
     Curve {

@@ -80,6 +80,8 @@ pub struct CurveRecord {
     pub loss: Option<f64>,
     /// Standard deviation of the accuracy over seeds (empty for a single seed).
     pub sd: Option<f64>,
+    /// DP `ε` spent after this round (empty without DP accounting).
+    pub epsilon: Option<f64>,
 }
 
 /// One line of `seeds.csv`: one seed's accuracy on one language (`language` = `avg` for the
@@ -159,6 +161,7 @@ pub fn write_csvs(r: &RunResults, dir: &Path) -> Result<Vec<PathBuf>> {
                 accuracy: p.accuracy,
                 loss: p.loss,
                 sd: c.sd.get(i).copied(),
+                epsilon: p.epsilon,
             })
         })
         .collect();

@@ -191,6 +191,9 @@ pub struct RoundPoint {
     /// Evaluation loss, when measured.
     #[serde(default)]
     pub loss: Option<f64>,
+    /// Differential privacy: `ε` spent after this round (at the run's `δ`), when accounted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
 }
 
 /// Parameter counts and communication of one paradigm (Table 4).

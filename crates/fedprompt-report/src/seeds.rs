@@ -151,13 +151,13 @@ fn combine_row(rows: Vec<&ParadigmRow>, seeds: &[u64]) -> ParadigmRow {
 /// Mean and standard deviation per round over the curves that have that round (an
 /// early-stopped seed stops contributing after its last round).
 fn combine_curve(curves: &[&Curve]) -> Curve {
-    let mut by_round: BTreeMap<u32, Vec<(f64, Option<f64>)>> = BTreeMap::new();
+    let mut by_round: BTreeMap<u32, Vec<(f64, Option<f64>, Option<f64>)>> = BTreeMap::new();
     for c in curves {
         for p in &c.points {
             by_round
                 .entry(p.round)
                 .or_default()
-                .push((p.accuracy, p.loss));
+                .push((p.accuracy, p.loss, p.epsilon));
         }
     }
     let mut points = Vec::new();
@@ -169,6 +169,8 @@ fn combine_curve(curves: &[&Curve]) -> Curve {
             round,
             accuracy: acc,
             loss: (losses.len() == vals.len()).then(|| mean_sd(&losses).0),
+            // The same accounting in every seed; the largest, should they ever differ.
+            epsilon: vals.iter().filter_map(|v| v.2).reduce(f64::max),
         });
         sd.push(s);
     }

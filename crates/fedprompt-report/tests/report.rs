@@ -88,6 +88,7 @@ fn full() -> RunResults {
                     round,
                     accuracy: 0.3 + 0.1 * f64::from(round) - 0.05 * k as f64,
                     loss: (round % 2 == 0).then_some(1.0 / f64::from(round)),
+                    epsilon: None,
                 })
                 .collect(),
             sd: Vec::new(),

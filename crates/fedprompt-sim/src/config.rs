@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use fedprompt_data::{GenericFormat, PartitionSpec};
+use fedprompt_fl::privacy::PrivacyConfig;
 use fedprompt_fl::StrategyConfig;
 use fedprompt_model::MethodConfig;
 use fedprompt_train::TrainConfig;
@@ -199,6 +200,14 @@ pub struct FederationSection {
     /// (default: `[train] patience`, the paper's 5); `rounds` is then the maximum.
     #[serde(default)]
     pub patience: Option<usize>,
+    /// Cap on the example count each client claims (its FedAvg weight); see
+    /// `docs/privacy.md` (robust aggregation).
+    #[serde(default)]
+    pub max_examples_per_client: Option<u64>,
+    /// Differential privacy (`[federation.privacy]`): `target_delta`, `max_epsilon`, and
+    /// `[federation.privacy.local]` for local DP; central DP is strategy `dpfedavg`.
+    #[serde(default)]
+    pub privacy: Option<PrivacyConfig>,
 }
 
 fn default_rounds() -> u64 {
@@ -222,6 +231,8 @@ impl Default for FederationSection {
             strategy: default_strategy(),
             local_epochs: 1,
             patience: None,
+            max_examples_per_client: None,
+            privacy: None,
         }
     }
 }
@@ -266,6 +277,13 @@ pub struct RunSpec {
     /// Local epochs per round for this run (default: `federation.local_epochs`).
     #[serde(default)]
     pub local_epochs: Option<usize>,
+    /// Cap on each client's claimed example count (default:
+    /// `federation.max_examples_per_client`).
+    #[serde(default)]
+    pub max_examples_per_client: Option<u64>,
+    /// Differential privacy of this run (default: `federation.privacy`).
+    #[serde(default)]
+    pub privacy: Option<PrivacyConfig>,
     /// Learning rate override (full fine-tuning usually wants a smaller one).
     #[serde(default)]
     pub learning_rate: Option<f64>,

@@ -481,3 +481,116 @@ fn a_label_only_in_the_eval_file_is_an_error() {
         .to_string();
     assert!(e.contains("weather"), "{e}");
 }
+
+#[test]
+fn dp_runs_report_epsilon_per_round_and_stop_at_the_budget() {
+    use fedprompt_fl::privacy::RdpAccountant;
+    let dir = tempfile::tempdir().unwrap();
+    // Three clients, all sampled each round: q = 1. Budget between rounds 2 and 3.
+    let central = RdpAccountant::new(1.0, 1.0).unwrap();
+    let budget = (central.epsilon(2, 1e-5) + central.epsilon(3, 1e-5)) / 2.0;
+    let extra = format!(
+        r#"
+[[run]]
+label = "PE_FL central DP"
+paradigm = "federated"
+method = {{ type = "prompt", num_virtual_tokens = 2 }}
+rounds = 5
+strategy = {{ type = "dpfedavg", clip_norm = 1.0, noise_multiplier = 1.0 }}
+privacy = {{ max_epsilon = {budget} }}
+
+[[run]]
+label = "PE_FL local DP"
+paradigm = "federated"
+method = {{ type = "prompt", num_virtual_tokens = 2 }}
+rounds = 2
+privacy = {{ target_delta = 1e-3, local = {{ clip_norm = 0.5, noise_multiplier = 0.8 }} }}
+"#
+    );
+    let cfg = parse(&experiment(dir.path(), &extra)).unwrap();
+    let out = dir.path().join("o");
+    let (r, _) = run_experiment(
+        &cfg,
+        &RunOptions {
+            output: Some(out.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let curve = |label: &str| r.curves.iter().find(|c| c.paradigm == label).unwrap();
+    // The plain run has no epsilon anywhere.
+    assert!(curve("PE_FL (non-IID)")
+        .points
+        .iter()
+        .all(|p| p.epsilon.is_none()));
+    // Central: stopped before round 3 (the one that would exceed the budget); round 0 plus two.
+    let c = curve("PE_FL central DP");
+    assert_eq!(c.points.len(), 3, "{:?}", c.points);
+    for p in &c.points[1..] {
+        let want = central.epsilon(u64::from(p.round), 1e-5);
+        assert!((p.epsilon.unwrap() - want).abs() < 1e-12);
+        assert!(p.epsilon.unwrap() <= budget);
+    }
+    let note = &r.meta["privacy: PE_FL central DP"];
+    assert!(note.contains("privacy budget reached"), "{note}");
+    assert!(note.contains("central DP"), "{note}");
+    let comm = r
+        .comm
+        .iter()
+        .find(|c| c.paradigm == "PE_FL central DP")
+        .unwrap();
+    assert_eq!(comm.rounds, 2);
+    // Local: q = 1 towards the server, its own noise multiplier and delta.
+    let local = RdpAccountant::new(1.0, 0.8).unwrap();
+    let c = curve("PE_FL local DP");
+    assert_eq!(c.points.len(), 3);
+    let last = c.points.last().unwrap();
+    assert!((last.epsilon.unwrap() - local.epsilon(2, 1e-3)).abs() < 1e-12);
+    assert!(r.meta["privacy: PE_FL local DP"].contains("local DP"));
+    // The files carry it too.
+    let json = std::fs::read_to_string(out.join("results.json")).unwrap();
+    assert!(json.contains("\"epsilon\""));
+    let tables = std::fs::read_to_string(out.join("tables.md")).unwrap();
+    assert!(tables.contains("privacy: PE_FL central DP"), "{tables}");
+    let csv = std::fs::read_to_string(out.join("curves.csv")).unwrap();
+    assert!(csv.lines().next().unwrap().contains("epsilon"));
+}
+
+#[test]
+fn privacy_and_robustness_settings_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_err = |extra: &str| {
+        let cfg = parse(&experiment(dir.path(), extra)).unwrap();
+        run_experiment(
+            &cfg,
+            &RunOptions {
+                output: Some(dir.path().join("o")),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    let run = |more: &str| {
+        format!(
+            "[[run]]\nlabel = \"x\"\nparadigm = \"federated\"\nmethod = {{ type = \"head\" }}\n{more}\n"
+        )
+    };
+    let e = run_err(&run("privacy = { max_epsilon = 5.0 }"));
+    assert!(e.contains("no DP mechanism is on"), "{e}");
+    let e = run_err(&run(
+        "strategy = { type = \"dpfedavg\", clip_norm = 1.0, noise_multiplier = 1.0 }\n\
+         privacy = { local = { clip_norm = 1.0, noise_multiplier = 1.0 } }",
+    ));
+    assert!(e.contains("choose one"), "{e}");
+    // A budget below one round's epsilon: known when the run starts (it needs q = m / K).
+    let e = run_err(&run(
+        "strategy = { type = \"dpfedavg\", clip_norm = 1.0, noise_multiplier = 0.3 }\n\
+         privacy = { max_epsilon = 0.5 }",
+    ));
+    assert!(e.contains("below the epsilon of a single round"), "{e}");
+    let e = run_err(&run(
+        "strategy = { type = \"trimmed-mean\", trim_fraction = 0.7 }",
+    ));
+    assert!(e.contains("trim_fraction"), "{e}");
+}

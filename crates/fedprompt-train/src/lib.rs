@@ -10,7 +10,7 @@ pub mod params;
 pub mod trainer;
 
 pub use client::{
-    eval_metrics, local_evaluate, local_fit, local_train_config, text_max_len,
+    apply_client_dp, eval_metrics, local_evaluate, local_fit, local_train_config, text_max_len,
     DeterministicTrainer, EvalResult, FitResult, LocalModel, LocalTrainer, ModelSpec, ModelTrainer,
     ModelTrainerConfig, Task, TrainerError,
 };

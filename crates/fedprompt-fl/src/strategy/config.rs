@@ -2,7 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{DpFedAvg, FedAvg, FedOpt, FedOptKind, FedOptParams, FedProx, RoundPolicy, Strategy};
+use super::{
+    DpFedAvg, FedAvg, FedOpt, FedOptKind, FedOptParams, FedProx, Median, RoundPolicy, Strategy,
+    TrimmedMean,
+};
 use crate::dp::GaussianDp;
 use crate::error::{FlError, Result};
 
@@ -91,6 +94,14 @@ pub enum StrategyConfig {
         /// Noise multiplier `σ`.
         noise_multiplier: f64,
     },
+    /// Coordinate-wise median of the updates (unweighted; robust to lying clients).
+    Median,
+    /// Coordinate-wise trimmed mean (unweighted; robust to lying clients).
+    #[serde(rename = "trimmed-mean")]
+    TrimmedMean {
+        /// `β ∈ [0, 0.5)`: fraction of values dropped from each end of every coordinate.
+        trim_fraction: f64,
+    },
 }
 
 impl StrategyConfig {
@@ -103,6 +114,33 @@ impl StrategyConfig {
             StrategyConfig::FedYogi { .. } => "fedyogi",
             StrategyConfig::FedAdagrad { .. } => "fedadagrad",
             StrategyConfig::DpFedAvg { .. } => "dpfedavg",
+            StrategyConfig::Median => "median",
+            StrategyConfig::TrimmedMean { .. } => "trimmed-mean",
+        }
+    }
+
+    /// Whether aggregation weighs updates by their (capped) example counts; `false` for
+    /// DP-FedAvg, median and trimmed mean, which ignore them.
+    pub fn uses_weights(&self) -> bool {
+        !matches!(
+            self,
+            StrategyConfig::DpFedAvg { .. }
+                | StrategyConfig::Median
+                | StrategyConfig::TrimmedMean { .. }
+        )
+    }
+
+    /// The central DP mechanism (`dpfedavg`'s clipping and noise), if this strategy has one.
+    pub fn central_dp(&self) -> Option<GaussianDp> {
+        match *self {
+            StrategyConfig::DpFedAvg {
+                clip_norm,
+                noise_multiplier,
+            } => Some(GaussianDp {
+                clip_norm,
+                noise_multiplier,
+            }),
+            _ => None,
         }
     }
 
@@ -176,6 +214,10 @@ impl StrategyConfig {
                     noise_multiplier,
                 },
             )?),
+            StrategyConfig::Median => Box::new(Median { policy }),
+            StrategyConfig::TrimmedMean { trim_fraction } => {
+                Box::new(TrimmedMean::new(policy, trim_fraction)?)
+            }
         })
     }
 }

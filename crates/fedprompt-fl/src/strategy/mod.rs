@@ -6,6 +6,9 @@
 //! - `fedprox`: FedProx and its proximal term;
 //! - `fedopt`: FedAdam / FedYogi / FedAdagrad and their moments;
 //! - `dp_fedavg`: DP-FedAvg over the Gaussian mechanism of [`crate::dp`];
+//! - `median`, `trimmed_mean` (over `coordinatewise`): robust aggregation that ignores
+//!   claimed example counts;
+//! - `weights`: [`ClientWeights`], caps on the example counts clients claim;
 //! - `config`: [`StrategyConfig`], a strategy chosen in a config file.
 //!
 //! This file holds the [`Strategy`] trait and the types it speaks in.
@@ -21,18 +24,25 @@ use crate::sampling::Phase;
 use crate::update::{weighted_metrics, ClientId, ClientUpdate, EvaluateResult, Failure, Metrics};
 
 mod config;
+mod coordinatewise;
 mod dp_fedavg;
 mod fedavg;
 mod fedopt;
 mod fedprox;
+mod median;
 mod policy;
+mod trimmed_mean;
+mod weights;
 
 pub use config::StrategyConfig;
 pub use dp_fedavg::DpFedAvg;
 pub use fedavg::{fedavg, weighted_average_f64, FedAvg};
 pub use fedopt::{FedOpt, FedOptKind, FedOptParams, FedOptState};
 pub use fedprox::{add_proximal_grad, proximal_term, FedProx};
+pub use median::Median;
 pub use policy::RoundPolicy;
+pub use trimmed_mean::TrimmedMean;
+pub use weights::ClientWeights;
 
 /// What one round asks of whom.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -221,7 +221,14 @@ async fn join_loop<T: LocalTrainer + ?Sized>(
                 };
                 let out = if kind == TaskKind::Fit {
                     info!("round {round}: training locally");
-                    let result = run_blocking(|| trainer.fit(&task));
+                    let result = run_blocking(
+                        || -> std::result::Result<_, fedprompt_train::TrainerError> {
+                            // Client-side clipping / local DP, when the round asks for it.
+                            let mut r = trainer.fit(&task)?;
+                            fedprompt_train::apply_client_dp(&task, &mut r)?;
+                            Ok(r)
+                        },
+                    );
                     let result = match result {
                         Ok(r) => r,
                         Err(e) => {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fedprompt_fl::driver::MAX_AGGREGATION_ATTEMPTS;
+use fedprompt_fl::privacy::{DpMode, PrivacyAccounting};
 use fedprompt_fl::{
     run_rounds, ClientConfig, Collected, EvalOutcome, EvalRound, FitRound, FlError, Flow, Params,
     Phase, RoundClients, RoundOutcome, RunRules, Server,
@@ -229,6 +230,8 @@ struct NetClients<'a> {
     deadline: Duration,
     /// What the phase just closed looked like, for the hooks that report it.
     last: PhaseReport,
+    /// DP accounting, when the run has DP noise.
+    privacy: Option<PrivacyAccounting>,
 }
 
 #[derive(Default)]
@@ -366,6 +369,26 @@ impl RoundClients for NetClients<'_> {
             metrics: outcome.metrics.clone(),
             seconds: p.seconds,
         });
+        if let Some(acc) = &self.privacy {
+            let epsilon = acc.epsilon(outcome.round);
+            info!(
+                "round {}: privacy spent epsilon {epsilon:.4} (delta {}{})",
+                outcome.round,
+                acc.target_delta,
+                acc.max_epsilon
+                    .map(|m| format!(", budget {m}"))
+                    .unwrap_or_default()
+            );
+            self.shared.events.emit(Event::Privacy {
+                round: outcome.round,
+                epsilon,
+                delta: acc.target_delta,
+                mode: match acc.mode {
+                    DpMode::Central => "central".into(),
+                    DpMode::Local => "local".into(),
+                },
+            });
+        }
         Ok(())
     }
 
@@ -447,6 +470,12 @@ fn drive_blocking(
     stop: watch::Receiver<bool>,
 ) -> Result<ServeSummary> {
     let resumed_at = server.round();
+    let known = shared.tokens.client_ids();
+    let privacy = super::privacy::accounting(cfg, known.len())?;
+    if let Some(acc) = &privacy {
+        info!("differential privacy: {}", acc.describe());
+    }
+    server = server.with_client_weights(super::privacy::client_weights(cfg, &known)?);
     let mut clients = NetClients {
         rt: rt.clone(),
         shared,
@@ -456,11 +485,13 @@ fn drive_blocking(
         gather: secs("gather_s", cfg.gather_s)?,
         deadline: secs("round_deadline_s", cfg.round_deadline_s)?,
         last: PhaseReport::default(),
+        privacy: privacy.clone(),
     };
     let rules = RunRules {
         rounds: cfg.rounds,
         evaluate_every: cfg.evaluate_every,
-        client_config: cfg.client_config.clone(),
+        client_config: super::privacy::client_config(cfg),
+        privacy: privacy.clone(),
     };
     let linger_for = secs("linger_s", cfg.linger_s)?;
     let result = run_rounds(&mut server, &mut clients, &rules);
@@ -480,8 +511,16 @@ fn drive_blocking(
             return Err(e);
         }
     };
-    let stopped = report.stopped;
-    let reason = if stopped { "shutdown" } else { "completed" };
+    // The privacy budget ends a run as its last round would: results written, clients told.
+    if let Some(why) = &report.budget_stop {
+        warn!("{why}");
+    }
+    let stopped = report.stopped && report.budget_stop.is_none();
+    let reason = match (&report.budget_stop, stopped) {
+        (Some(_), _) => "privacy budget",
+        (None, true) => "shutdown",
+        (None, false) => "completed",
+    };
     if !stopped {
         if let Some(out) = &cfg.output {
             write_atomic(out, &server.global().to_safetensors()?)?;
@@ -508,7 +547,11 @@ fn drive_blocking(
     Ok(ServeSummary {
         rounds_completed: completed,
         resumed_at,
-        stopped_early: stopped,
+        stopped_early: report.stopped,
+        epsilon: privacy
+            .as_ref()
+            .map(|p| (p.epsilon(completed), p.target_delta)),
+        budget_stop: report.budget_stop.clone(),
         outcomes: report.outcomes,
         evaluations: report.evaluations,
         global: server.global().clone(),

@@ -9,9 +9,11 @@
 //! * `state`: what the handlers and the driver share (clients, the open round);
 //! * `service`: the gRPC handlers;
 //! * `driver`: the rounds (wait for clients, run a phase, checkpoint);
+//! * `privacy`: DP accounting, local-DP round keys and caps on claimed example counts;
 //! * `tls_accept`: the TLS listener.
 
 mod driver;
+mod privacy;
 mod service;
 mod state;
 mod tls_accept;
@@ -119,8 +121,12 @@ pub struct ServeSummary {
     pub rounds_completed: u64,
     /// Rounds the checkpoint had when this process started.
     pub resumed_at: u64,
-    /// Whether it stopped before `rounds` (shutdown requested).
+    /// Whether it stopped before `rounds` (shutdown requested, or the privacy budget).
     pub stopped_early: bool,
+    /// DP: `(ε, δ)` spent by the completed rounds, when the run has DP noise.
+    pub epsilon: Option<(f64, f64)>,
+    /// Why the privacy budget stopped the run, when it did.
+    pub budget_stop: Option<String>,
     /// Training rounds run by this process.
     pub outcomes: Vec<RoundOutcome>,
     /// Evaluation rounds run by this process.
@@ -173,6 +179,12 @@ impl std::fmt::Display for ServeSummary {
             "rounds run by this process: {} ({aggregated} aggregated)",
             self.outcomes.len()
         )?;
+        if let Some((eps, delta)) = self.epsilon {
+            writeln!(f, "privacy: epsilon {eps:.4} at delta {delta}")?;
+        }
+        if let Some(why) = &self.budget_stop {
+            writeln!(f, "{why}")?;
+        }
         for o in self.outcomes.iter().filter(|o| !o.aggregated) {
             writeln!(
                 f,
@@ -280,6 +292,9 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer> {
     cfg.validate()?;
     let tokens = TokenStore::load(&cfg.tokens)?;
     check_quorum(&cfg.policy, tokens.client_ids().len(), &cfg.tokens)?;
+    // DP and weight rules fail here, before anything is bound (the driver builds them again).
+    privacy::accounting(&cfg, tokens.client_ids().len())?;
+    privacy::client_weights(&cfg, &tokens.client_ids())?;
     let strategy = cfg.strategy.build(cfg.policy.clone())?;
     let server = if cfg.resume {
         if !cfg.checkpoint.exists() {

@@ -105,6 +105,8 @@ fn serve_config(fx: &Fixture, rounds: u64, policy: RoundPolicy) -> ServeConfig {
         max_update_bytes: None,
         liveness_s: 30.0,
         linger_s: 2.0,
+        privacy: None,
+        weights: Default::default(),
     }
 }
 
@@ -1054,4 +1056,148 @@ async fn a_dead_client_is_noticed_by_its_silence_not_the_round_deadline() {
     assert_eq!(f[0].client_id, "dies");
     assert!(f[0].reason.contains("lost contact"), "{}", f[0].reason);
     assert!(alive.await.unwrap().unwrap().finished);
+}
+
+/// Privacy and robustness over gRPC: a lying client capped by the declared sizes of
+/// `[weights]`, the server's result equal to the in-process server with the same caps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn declared_sizes_cap_a_lying_client_over_grpc() {
+    init_tracing();
+    let ids = ["c0", "c1", "c2"];
+    let fx = fixture(&ids);
+    let pol = policy(3, 3, 1.0);
+    let mut cfg = serve_config(&fx, 2, pol.clone());
+    cfg.weights.declared = BTreeMap::from([("c2".to_string(), 10)]);
+    let server = fedprompt_net::start(cfg.clone()).await.unwrap();
+    let port = server.local_addr().port();
+    // c2 claims a billion examples.
+    let liar = DeterministicTrainer::new(2, 1_000_000_000);
+    let clients: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let t = if i == 2 { liar.clone() } else { trainer(i) };
+            spawn_client(join_config(&fx, port, id), t)
+        })
+        .collect();
+    let summary = server.wait().await.unwrap();
+    for c in clients {
+        assert!(c.await.unwrap().unwrap().finished);
+    }
+    // The same rounds in-process with c2's weight capped at 10.
+    let mut s = Server::new(
+        fx.initial.clone(),
+        StrategyConfig::FedAvg.build(pol).unwrap(),
+    )
+    .unwrap()
+    .with_client_weights(cfg.weights.clone());
+    let mut uncapped = fx.initial.clone();
+    for round in 1..=2 {
+        let mut fit = s.begin_fit(&ids.map(String::from)).unwrap();
+        for (i, id) in ids.iter().enumerate() {
+            let t = if i == 2 { liar.clone() } else { trainer(i) };
+            let u = ClientUpdate::new(*id, t.apply(s.global(), round), t.num_examples);
+            fit.submit(u, 0).unwrap();
+        }
+        s.finish_fit(fit).unwrap();
+        uncapped = liar.apply(&uncapped, round);
+    }
+    let diff = max_abs_diff(&summary.global, s.global());
+    assert!(diff <= 1e-6, "max abs diff {diff}");
+    // Without the cap the global would be (within 1e-5) the liar's own model.
+    assert!(max_abs_diff(&summary.global, &uncapped) > 1e-3);
+
+    // An unknown name in [weights] is refused at start.
+    let mut bad = serve_config(&fx, 1, policy(3, 3, 1.0));
+    bad.weights.declared = BTreeMap::from([("nobody".to_string(), 10)]);
+    let Err(e) = fedprompt_net::start(bad).await else {
+        panic!("an unknown client in [weights] must be refused")
+    };
+    assert!(e.to_string().contains("`nobody`"), "{e}");
+}
+
+/// Central DP over gRPC: epsilon after each round in the events, the budget stops the run
+/// before the round that would exceed it, the final model is written and the summary says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_privacy_budget_ends_a_served_run_cleanly() {
+    use fedprompt_fl::privacy::{PrivacyConfig, RdpAccountant};
+    init_tracing();
+    let ids = ["c0", "c1"];
+    let fx = fixture(&ids);
+    let acc = RdpAccountant::new(1.0, 1.0).unwrap();
+    let budget = (acc.epsilon(2, 1e-5) + acc.epsilon(3, 1e-5)) / 2.0;
+    let mut cfg = serve_config(&fx, 5, policy(2, 2, 1.0));
+    cfg.strategy = StrategyConfig::DpFedAvg {
+        clip_norm: 1.0,
+        noise_multiplier: 1.0,
+    };
+    cfg.privacy = Some(PrivacyConfig {
+        max_epsilon: Some(budget),
+        ..PrivacyConfig::default()
+    });
+    let server = fedprompt_net::start(cfg).await.unwrap();
+    let port = server.local_addr().port();
+    let clients: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| spawn_client(join_config(&fx, port, id), trainer(i)))
+        .collect();
+    let summary = server.wait().await.unwrap();
+    for c in clients {
+        let s = c.await.unwrap().unwrap();
+        assert!(s.finished, "the clients are told the run is over");
+    }
+    assert_eq!(summary.rounds_completed, 2);
+    let (eps, delta) = summary.epsilon.expect("epsilon in the summary");
+    assert!((eps - acc.epsilon(2, 1e-5)).abs() < 1e-12 && delta == 1e-5);
+    assert!(summary
+        .budget_stop
+        .as_deref()
+        .unwrap()
+        .contains("max_epsilon"));
+    assert!(summary.to_string().contains("privacy: epsilon"));
+    let out = std::fs::read(fx.dir.path().join("global.safetensors")).unwrap();
+    assert_eq!(Params::from_safetensors(&out).unwrap(), summary.global);
+    let events = events_in(&fx.dir.path().join("events.jsonl"));
+    let privacy: Vec<_> = events.iter().filter(|e| e["event"] == "privacy").collect();
+    assert_eq!(privacy.len(), 2);
+    assert_eq!(privacy[1]["mode"], "central");
+    assert!((privacy[0]["epsilon"].as_f64().unwrap() - acc.epsilon(1, 1e-5)).abs() < 1e-12);
+    let finished = events.iter().find(|e| e["event"] == "finished").unwrap();
+    assert_eq!(finished["reason"], "privacy budget");
+}
+
+/// Client-side clipping asked in the round configuration: every `join` client clips its delta,
+/// so the FedAvg of the clipped deltas moves the global by at most the clipping norm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn join_clients_clip_their_delta_when_the_round_asks() {
+    init_tracing();
+    let ids = ["c0", "c1"];
+    let fx = fixture(&ids);
+    let mut cfg = serve_config(&fx, 1, policy(2, 2, 1.0));
+    cfg.client_config.insert(
+        "clipping_norm".into(),
+        fedprompt_fl::ConfigValue::Float(0.01),
+    );
+    let server = fedprompt_net::start(cfg).await.unwrap();
+    let port = server.local_addr().port();
+    let clients: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| spawn_client(join_config(&fx, port, id), trainer(i)))
+        .collect();
+    let summary = server.wait().await.unwrap();
+    for c in clients {
+        assert!(c.await.unwrap().unwrap().finished);
+    }
+    let unclipped = trainer(0).apply(&fx.initial, 1).sub(&fx.initial).unwrap();
+    assert!(
+        unclipped.l2_norm() > 1.0,
+        "the trainer's delta needs clipping"
+    );
+    let moved = summary.global.sub(&fx.initial).unwrap().l2_norm();
+    assert!(
+        moved > 0.0 && moved <= 0.01 + 1e-6,
+        "global moved by {moved}"
+    );
 }

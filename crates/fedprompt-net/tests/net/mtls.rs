@@ -61,6 +61,8 @@ async fn a_client_certificate_must_name_the_tokens_client() {
         max_update_bytes: None,
         liveness_s: 30.0,
         linger_s: 0.0,
+        privacy: None,
+        weights: Default::default(),
     };
     let server = fedprompt_net::start(cfg).await.unwrap();
     let mut events = server.subscribe();

@@ -53,6 +53,8 @@ fn serve_config(dir: &Path, certs: &DevCerts, tls: Option<ServerTlsConfig>) -> S
         max_update_bytes: None,
         liveness_s: 30.0,
         linger_s: 0.5,
+        privacy: None,
+        weights: Default::default(),
     }
 }
 

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use fedprompt_data::{cap_clients, PartitionSpec, Stratify};
+use fedprompt_fl::privacy::PrivacyAccounting;
 use fedprompt_fl::{
     run_rounds, ClientConfig, ClientUpdate, Collected, EvalRound, FitRound, Flow, Params, Phase,
     RoundClients, RoundConfig, RoundOutcome, RunRules, Server,
@@ -49,6 +50,7 @@ struct SimClients<'r> {
     started: Instant,
     last_up: u64,
     last_down: u64,
+    privacy: Option<PrivacyAccounting>,
 }
 
 impl SimClients<'_> {
@@ -67,6 +69,7 @@ impl SimClients<'_> {
             round: round as u32,
             accuracy: avg,
             loss: Some(ev.loss),
+            epsilon: self.privacy.as_ref().map(|p| p.epsilon(round)),
         });
         if avg > self.progress.best_avg {
             self.progress.best_avg = avg;
@@ -111,7 +114,8 @@ impl RoundClients for SimClients<'_> {
                 rc.proximal_mu,
                 Some(self.pb),
             ) {
-                Ok(r) => {
+                Ok(mut r) => {
+                    super::privacy::client_step(global, &mut r.params, &rc, tcfg.seed)?;
                     let up = r.params.wire_len()? as u64;
                     self.last_up = up;
                     let update = ClientUpdate {
@@ -223,16 +227,18 @@ impl Ctx<'_> {
 
         let clf = Classifier::new(self.backbone, &spec.method, &self.labels, seed)?;
         let strategy = || plan.strategy.build(plan.policy.clone());
-        let (mut server, progress) = if self.opts.resume && files.state.is_file() {
+        let (server, progress) = if self.opts.resume && files.state.is_file() {
             load_round(&files.state, strategy()?)?
         } else {
             let initial = to_params(clf.trainable())?;
             (Server::new(initial, strategy()?)?, FedProgress::new())
         };
+        let mut server = server.with_client_weights(super::privacy::client_weights(plan));
         let m = plan
             .policy
             .sampling(Phase::Fit)
             .num_sampled(client_data.len())?;
+        let privacy = super::privacy::accounting(plan, m, client_data.len())?;
         let mean_client = client_data.values().map(|d| d.len()).sum::<usize>() / client_data.len();
         let per_round = m as u64 * self.steps_per_epoch(mean_client) * plan.local_epochs as u64;
         let pb = self.bar(per_round * plan.rounds, self.bar_label(&spec.label));
@@ -254,6 +260,7 @@ impl Ctx<'_> {
             started: Instant::now(),
             last_up: 0,
             last_down: 0,
+            privacy: privacy.clone(),
         };
         if clients.progress.curve.is_empty() {
             // Round 0: the initial global model, so the curve shows where learning starts.
@@ -263,15 +270,24 @@ impl Ctx<'_> {
             rounds: plan.rounds,
             evaluate_every: 0,
             client_config: plan.client_config(),
+            privacy: privacy.clone(),
         };
         // A resumed run whose patience had already run out (killed between its last round's
         // checkpoint and its outcome file) is not trained further.
+        let mut budget_stop = None;
         if !clients
             .progress
             .patience_ran_out(server.round(), plan.patience as u64)
         {
-            run_rounds(&mut server, &mut clients, &rules)?;
+            let run = run_rounds(&mut server, &mut clients, &rules)?;
+            budget_stop = run.budget_stop;
         }
+        if let Some(why) = &budget_stop {
+            tracing::warn!(run = %spec.label, "{why}");
+        }
+        let privacy_note = privacy
+            .as_ref()
+            .map(|p| super::privacy::note(p, server.round(), budget_stop.as_deref()));
         pb.finish_and_clear();
         let (progress, last_up, last_down) = (clients.progress, clients.last_up, clients.last_down);
 
@@ -322,6 +338,7 @@ impl Ctx<'_> {
             },
             comm: Some(comm),
             seconds: start.elapsed().as_secs_f64(),
+            privacy: privacy_note,
         })
     }
 }

@@ -139,6 +139,7 @@ impl Ctx<'_> {
                     round: e as u32 + 1,
                     accuracy: vals.iter().sum::<f64>() / vals.len().max(1) as f64,
                     loss: None,
+                    epsilon: None,
                 }
             })
             .collect();
@@ -162,6 +163,7 @@ impl Ctx<'_> {
                 sd: Vec::new(),
             },
             comm: None,
+            privacy: None,
             seconds: start.elapsed().as_secs_f64(),
         })
     }

@@ -3,12 +3,14 @@
 //! - `plan`: each run's settings resolved once from the file's defaults and its overrides;
 //! - `local`: monolingual and centralized runs;
 //! - `federated`: federated runs, the shared round loop over in-process clients;
+//! - `privacy`: DP accounting, weight caps and the clients' local-DP step of a federated run;
 //! - `state`: what `--resume` finds (finished runs; a federated run's state per round);
 //! - `results`: rows, curves, distances and notes of the results folder.
 
 mod federated;
 mod local;
 mod plan;
+mod privacy;
 mod results;
 mod state;
 
@@ -270,6 +272,11 @@ fn run_seed(
         let outcome = ctx.run_or_resume(plan, None, &slug(&plan.spec.label))?;
         tracing::info!(run = %plan.spec.label, seed = cfg.seed, avg = outcome.row.average, "run finished");
         timings.push((plan.spec.label.clone(), outcome.seconds));
+        if let Some(note) = &outcome.privacy {
+            results
+                .meta
+                .insert(format!("privacy: {}", plan.spec.label), note.clone());
+        }
         results.rows.push(outcome.row);
         results.curves.push(outcome.curve);
         results.comm.extend(outcome.comm);

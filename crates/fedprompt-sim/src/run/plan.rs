@@ -1,6 +1,7 @@
 //! A run's settings, resolved once: the file's defaults with the run's overrides, checked.
 
 use fedprompt_data::{Example, Partition, PartitionSpec};
+use fedprompt_fl::privacy::PrivacyConfig;
 use fedprompt_fl::{derive_seed, ClientConfig, RoundConfig, RoundPolicy, StrategyConfig};
 use fedprompt_model::Backbone;
 use fedprompt_train::TrainConfig;
@@ -30,6 +31,10 @@ pub(crate) struct RunPlan<'a> {
     pub policy: RoundPolicy,
     /// Early stopping: rounds (federated) or epochs (local) without improvement.
     pub patience: usize,
+    /// Cap on each client's claimed example count.
+    pub max_examples_per_client: Option<u64>,
+    /// Differential privacy (accounting, budget, local DP).
+    pub privacy: Option<PrivacyConfig>,
 }
 
 impl<'a> RunPlan<'a> {
@@ -64,6 +69,13 @@ impl<'a> RunPlan<'a> {
                 ..RoundPolicy::default()
             },
             patience,
+            max_examples_per_client: spec
+                .max_examples_per_client
+                .or(cfg.federation.max_examples_per_client),
+            privacy: spec
+                .privacy
+                .clone()
+                .or_else(|| cfg.federation.privacy.clone()),
             train,
         };
         plan.check()?;
@@ -86,6 +98,17 @@ impl<'a> RunPlan<'a> {
             self.strategy
                 .build(self.policy.clone())
                 .map_err(|e| err(e.to_string()))?;
+            // The sampling rate is known once the clients are (at run time, with the
+            // budget); everything else is checked now.
+            let unbudgeted = self.privacy.clone().map(|p| PrivacyConfig {
+                max_epsilon: None,
+                ..p
+            });
+            fedprompt_fl::privacy::privacy_accounting(&self.strategy, unbudgeted.as_ref(), 1.0)
+                .map_err(|e| err(e.to_string()))?;
+            if self.max_examples_per_client == Some(0) {
+                return Err(err("max_examples_per_client must be at least 1".into()));
+            }
         }
         Ok(())
     }
@@ -112,9 +135,13 @@ impl<'a> RunPlan<'a> {
     /// The operator's round configuration, as `serve` sends its `[client_config]`: local
     /// epochs and the run's seed (from which each client derives its own each round).
     pub fn client_config(&self) -> ClientConfig {
+        // Local DP travels as it does from `serve`: the clients clip and noise themselves.
+        let local = self.privacy.as_ref().and_then(|p| p.local);
         RoundConfig {
             epochs: Some(self.local_epochs),
             seed: Some(self.seed),
+            clipping_norm: local.map(|l| l.clip_norm),
+            dp_noise_multiplier: local.map(|l| l.noise_multiplier),
             ..RoundConfig::default()
         }
         .to_config()

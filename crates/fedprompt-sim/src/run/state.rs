@@ -18,6 +18,9 @@ pub(crate) struct RunOutcome {
     pub comm: Option<CommRow>,
     pub best_avg: f64,
     pub seconds: f64,
+    /// The DP note (epsilon spent, budget stop) of a federated run with DP.
+    #[serde(default)]
+    pub privacy: Option<String>,
 }
 
 /// A federated run's progress between rounds: its learning curve and best round so far.

@@ -144,6 +144,22 @@ pub fn local_train_config(
     t
 }
 
+/// The client-side DP step the round asks for: with `clipping_norm`, clips the trained set's
+/// delta from the global to that L2 norm (Flower's `fixedclipping_mod`); with
+/// `dp_noise_multiplier` too, adds Gaussian noise to it (local DP). The noise comes from the
+/// operating system's randomness, so the server cannot regenerate and remove it.
+pub fn apply_client_dp(task: &Task<'_>, result: &mut FitResult) -> Result<(), TrainerError> {
+    let rc = RoundConfig::parse(task.config)?;
+    if let Some(dp) = rc.client_dp() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::from_os_rng();
+        let norm =
+            fedprompt_fl::dp::privatize_update(task.global, &mut result.params, &dp, &mut rng)?;
+        result.metrics.insert("update_norm".into(), norm);
+    }
+    Ok(())
+}
+
 /// A classifier and what batching needs to know about its model.
 #[derive(Clone, Copy)]
 pub struct LocalModel<'a> {

@@ -38,7 +38,8 @@ pub fn serve(args: ServeArgs, _g: &Globals) -> anyhow::Result<()> {
     let summary = fedprompt_net::serve(cfg).context("federation server")?;
     println!("{summary}");
     match output {
-        Some(out) if !summary.stopped_early => {
+        // A run ended by its privacy budget writes its output as a completed one does.
+        Some(out) if !summary.stopped_early || summary.budget_stop.is_some() => {
             println!("final global parameters: {}", out.display())
         }
         _ => {}
