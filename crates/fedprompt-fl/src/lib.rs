@@ -4,7 +4,8 @@
 //! [`Strategy`]s (weighted FedAvg = Federated Prompt Averaging, FedProx,
 //! FedAdam/FedYogi/FedAdagrad), seeded client [`Sampling`], a [`CommLedger`],
 //! and a [`Server`] round state machine with checkpoints. The only I/O is
-//! [`ServerState::save_checkpoint`] and [`ServerState::load_checkpoint`].
+//! [`ServerState::save_checkpoint`] and [`ServerState::load_checkpoint`]. [`secagg`] is
+//! secure aggregation (SecAgg+); [`codec`] the update encodings.
 
 #![warn(missing_docs)]
 
@@ -17,6 +18,7 @@ mod error;
 mod params;
 pub mod round_config;
 mod sampling;
+pub mod secagg;
 pub mod seed;
 mod server;
 mod strategy;
