@@ -479,3 +479,16 @@ fn minimal_json_loads_with_defaults() {
     let r = load(&path).unwrap();
     assert!(r.rows.is_empty() && r.distances.is_none() && r.meta.is_empty());
 }
+
+#[test]
+fn encoded_uploads_are_named_beside_their_bytes() {
+    let mut row = CommRow::full_participation("FL", "prompt", 1_000_000, 10_000_000, 4, 5, 10);
+    row.bytes_up_per_client_round = 500_000;
+    row.upload_encoding = Some("int8".into());
+    assert!(comm_table(&[row.clone()]).contains("| 0.50 (int8) | 4.00 |"));
+    // Old results without the field still load.
+    let mut json = serde_json::to_value(&row).unwrap();
+    json.as_object_mut().unwrap().remove("upload_encoding");
+    let back: CommRow = serde_json::from_value(json).unwrap();
+    assert_eq!(back.upload_encoding, None);
+}

@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use fedprompt_data::{GenericFormat, PartitionSpec};
+use fedprompt_fl::codec::Compression;
+use fedprompt_fl::secagg::SecAggConfig;
 use fedprompt_fl::StrategyConfig;
 use fedprompt_model::MethodConfig;
 use fedprompt_train::TrainConfig;
@@ -150,6 +152,18 @@ pub struct FederationSection {
     /// Local epochs per round.
     #[serde(default = "one_usize")]
     pub local_epochs: usize,
+    /// Compressed uploads (`[federation.compression]`: `codec = { type = "f16" | "int8" |
+    /// "int8-rows" | "topk", fraction = … }`, `error_feedback = true|false`): each client
+    /// sends its encoded delta from the global. Absent: plain f32 parameters. See
+    /// docs/compression.md.
+    #[serde(default)]
+    pub compression: Option<Compression>,
+    /// Secure aggregation (`[federation.secure_aggregation]`: `threshold`, `neighbours`,
+    /// `clip_range`, `bits`, `max_weight`, `rounding`, `simulate_dropouts`): the server
+    /// only sees masked updates and their sum. Absent: plain uploads. Cannot be combined
+    /// with `compression`. See docs/secure-aggregation.md.
+    #[serde(default)]
+    pub secure_aggregation: Option<SecAggConfig>,
 }
 
 fn default_rounds() -> u64 {
@@ -172,6 +186,8 @@ impl Default for FederationSection {
             fraction: 1.0,
             strategy: default_strategy(),
             local_epochs: 1,
+            compression: None,
+            secure_aggregation: None,
         }
     }
 }
@@ -219,6 +235,12 @@ pub struct RunSpec {
     /// Learning rate override (full fine-tuning usually wants a smaller one).
     #[serde(default)]
     pub learning_rate: Option<f64>,
+    /// Compressed uploads for this run (default: `federation.compression`).
+    #[serde(default)]
+    pub compression: Option<Compression>,
+    /// Secure aggregation for this run (default: `federation.secure_aggregation`).
+    #[serde(default)]
+    pub secure_aggregation: Option<SecAggConfig>,
 }
 
 /// The data-efficiency ablation: rerun one federated run with every client's training set

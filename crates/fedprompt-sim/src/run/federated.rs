@@ -23,6 +23,7 @@ use indicatif::ProgressBar;
 use super::plan::RunPlan;
 use super::results::{avg_accuracy, method_label, metrics};
 use super::state::{load_round, save_round, FedProgress, RunFiles, RunOutcome};
+use super::transport::Transport;
 use super::Ctx;
 use crate::error::{Result, SimError};
 
@@ -46,8 +47,8 @@ struct SimClients<'r> {
     rounds_done: &'r mut u64,
     stop_after: Option<u64>,
     started: Instant,
-    last_up: u64,
     last_down: u64,
+    transport: Transport,
 }
 
 impl SimClients<'_> {
@@ -111,16 +112,14 @@ impl RoundClients for SimClients<'_> {
                 Some(self.pb),
             ) {
                 Ok(r) => {
-                    let up = r.params.wire_len()? as u64;
-                    self.last_up = up;
                     let update = ClientUpdate {
                         client_id: c.clone(),
                         params: r.params,
                         num_examples: r.num_examples,
                         metrics: r.metrics,
                     };
-                    // A rejected update is recorded as a failure by the round; it goes on.
-                    let _ = fit.submit(update, up);
+                    // Plain, compressed, or held for the round's secure aggregation.
+                    self.transport.send(&mut fit, global, update)?;
                 }
                 Err(e) => {
                     let why = error_chain(&e);
@@ -129,6 +128,7 @@ impl RoundClients for SimClients<'_> {
                 }
             }
         }
+        self.transport.flush(&mut fit, global)?;
         Ok(Collected {
             round: fit,
             stopped: false,
@@ -239,8 +239,8 @@ impl Ctx<'_> {
             rounds_done: &mut self.rounds_done,
             stop_after: self.opts.stop_after_rounds,
             started: Instant::now(),
-            last_up: 0,
             last_down: 0,
+            transport: Transport::new(plan),
         };
         if clients.progress.curve.is_empty() {
             // Round 0: the initial global model, so the curve shows where learning starts.
@@ -253,7 +253,12 @@ impl Ctx<'_> {
         };
         run_rounds(&mut server, &mut clients, &rules)?;
         pb.finish_and_clear();
-        let (progress, last_up, last_down) = (clients.progress, clients.last_up, clients.last_down);
+        let (progress, last_up, last_down) = (
+            clients.progress,
+            clients.transport.last_up,
+            clients.last_down,
+        );
+        let upload_encoding = clients.transport.label();
 
         let report = progress.best_report.clone().ok_or_else(|| SimError::Run {
             run: spec.label.clone(),
@@ -282,6 +287,7 @@ impl Ctx<'_> {
             clients: m as u32,
             rounds: plan.rounds as u32,
             total_bytes: server.ledger().total().total(),
+            upload_encoding,
         };
         Ok(RunOutcome {
             best_avg: progress.best_avg,

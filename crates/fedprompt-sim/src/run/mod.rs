@@ -4,13 +4,15 @@
 //! - `local`: monolingual and centralized runs;
 //! - `federated`: federated runs, the shared round loop over in-process clients;
 //! - `state`: what `--resume` finds (finished runs; a federated run's state per round);
-//! - `results`: rows, curves, distances and notes of the results folder.
+//! - `results`: rows, curves, distances and notes of the results folder;
+//! - `transport`: how an update reaches the server (plain, compressed, securely aggregated).
 
 mod federated;
 mod local;
 mod plan;
 mod results;
 mod state;
+mod transport;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,8 @@
 //! A run's settings, resolved once: the file's defaults with the run's overrides, checked.
 
 use fedprompt_data::{Example, Partition, PartitionSpec};
+use fedprompt_fl::codec::Compression;
+use fedprompt_fl::secagg::SecAggConfig;
 use fedprompt_fl::{derive_seed, ClientConfig, RoundConfig, RoundPolicy, StrategyConfig};
 use fedprompt_model::Backbone;
 use fedprompt_train::TrainConfig;
@@ -28,6 +30,10 @@ pub(crate) struct RunPlan<'a> {
     pub strategy: StrategyConfig,
     /// Sampling and quorum rules.
     pub policy: RoundPolicy,
+    /// How clients compress their uploads, if they do.
+    pub compression: Option<Compression>,
+    /// Secure aggregation settings, if updates are securely aggregated.
+    pub secure_aggregation: Option<SecAggConfig>,
 }
 
 impl<'a> RunPlan<'a> {
@@ -54,6 +60,11 @@ impl<'a> RunPlan<'a> {
                 ..RoundPolicy::default()
             },
             train,
+            compression: spec.compression.or(cfg.federation.compression),
+            secure_aggregation: spec
+                .secure_aggregation
+                .clone()
+                .or_else(|| cfg.federation.secure_aggregation.clone()),
         };
         plan.check()?;
         Ok(plan)
@@ -75,6 +86,7 @@ impl<'a> RunPlan<'a> {
             self.strategy
                 .build(self.policy.clone())
                 .map_err(|e| err(e.to_string()))?;
+            super::transport::check(self).map_err(err)?;
         }
         Ok(())
     }
