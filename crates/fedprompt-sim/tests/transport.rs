@@ -256,7 +256,8 @@ fn transport_settings_are_checked_before_training() {
 
 /// The demo with each upload (`experiments/demo-transport.toml`: the default model and the
 /// real demo data, minutes of CPU per run), so ignored by default:
-/// `cargo test -p fedprompt-sim --test transport -- --ignored --nocapture`.
+/// `cargo test -p fedprompt-sim --test transport -- --ignored --nocapture` (an interrupted
+/// run resumes where it stopped).
 #[test]
 #[ignore]
 fn demo_transport() {
@@ -267,6 +268,7 @@ fn demo_transport() {
         &cfg,
         &RunOptions {
             output: Some(out.clone()),
+            resume: true,
             ..Default::default()
         },
     )
