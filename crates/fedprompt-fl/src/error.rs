@@ -161,6 +161,9 @@ pub enum FlError {
     /// An encoded update could not be produced or decoded.
     #[error("codec: {0}")]
     Codec(String),
+    /// A secure-aggregation round failed.
+    #[error(transparent)]
+    SecAgg(#[from] crate::secagg::SecAggError),
 }
 
 impl FlError {

@@ -5,7 +5,8 @@
 //! FedAdam/FedYogi/FedAdagrad, DP-FedAvg, coordinate-wise median and trimmed mean),
 //! [`ClientWeights`] caps, [`privacy`] accounting, seeded client [`Sampling`], a [`CommLedger`],
 //! and a [`Server`] round state machine with checkpoints. The only I/O is
-//! [`ServerState::save_checkpoint`] and [`ServerState::load_checkpoint`].
+//! [`ServerState::save_checkpoint`] and [`ServerState::load_checkpoint`]. [`secagg`] is
+//! secure aggregation (SecAgg+); [`codec`] the update encodings.
 
 #![warn(missing_docs)]
 
@@ -19,6 +20,7 @@ mod params;
 pub mod privacy;
 pub mod round_config;
 mod sampling;
+pub mod secagg;
 pub mod seed;
 mod server;
 mod strategy;

@@ -217,6 +217,11 @@ pub struct CommRow {
     pub rounds: u32,
     /// Bytes moved during the whole run, up and down, all clients.
     pub total_bytes: u64,
+    /// How uploads were encoded when not as plain f32 (`f16`, `int8`, `topk 10%+ef`,
+    /// `secagg 32 bits`...); the byte counts are what was actually sent. Always written (an
+    /// empty CSV cell for plain f32) so that every CSV row has the same fields.
+    #[serde(default)]
+    pub upload_encoding: Option<String>,
 }
 
 impl CommRow {
@@ -242,6 +247,7 @@ impl CommRow {
             clients,
             rounds,
             total_bytes: 2 * per * u64::from(clients) * u64::from(rounds),
+            upload_encoding: None,
         }
     }
 }

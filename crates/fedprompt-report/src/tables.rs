@@ -206,6 +206,8 @@ pub fn seeds_table(r: &RunResults) -> String {
 }
 
 /// The parameter-efficiency and communication table (paper Table 4). Empty string when there are no rows.
+///
+/// Upload bytes are what was actually sent; an encoded upload names its encoding after them.
 pub fn comm_table(rows: &[CommRow]) -> String {
     if rows.is_empty() {
         return String::new();
@@ -234,7 +236,10 @@ pub fn comm_table(rows: &[CommRow]) -> String {
                 c.method.clone(),
                 group_thousands(c.trainable_params),
                 share(c.trainable_params, c.total_params),
-                megabytes(c.bytes_up_per_client_round),
+                match &c.upload_encoding {
+                    None => megabytes(c.bytes_up_per_client_round),
+                    Some(enc) => format!("{} ({enc})", megabytes(c.bytes_up_per_client_round)),
+                },
                 megabytes(c.bytes_down_per_client_round),
                 format!("{} × {}", c.clients, c.rounds),
                 megabytes(c.total_bytes),

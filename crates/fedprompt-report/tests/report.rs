@@ -554,3 +554,16 @@ fn seeds_combine_to_exact_means_and_sample_sds_and_render_with_spread() {
     other.rows.pop();
     assert!(combine_seeds(vec![full(), other], &[1, 2]).is_err());
 }
+
+#[test]
+fn encoded_uploads_are_named_beside_their_bytes() {
+    let mut row = CommRow::full_participation("FL", "prompt", 1_000_000, 10_000_000, 4, 5, 10);
+    row.bytes_up_per_client_round = 500_000;
+    row.upload_encoding = Some("int8".into());
+    assert!(comm_table(&[row.clone()]).contains("| 0.50 (int8) | 4.00 |"));
+    // Old results without the field still load.
+    let mut json = serde_json::to_value(&row).unwrap();
+    json.as_object_mut().unwrap().remove("upload_encoding");
+    let back: CommRow = serde_json::from_value(json).unwrap();
+    assert_eq!(back.upload_encoding, None);
+}

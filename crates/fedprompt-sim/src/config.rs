@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use fedprompt_data::{GenericFormat, PartitionSpec};
+use fedprompt_fl::codec::Compression;
 use fedprompt_fl::privacy::PrivacyConfig;
+use fedprompt_fl::secagg::SecAggConfig;
 use fedprompt_fl::StrategyConfig;
 use fedprompt_model::MethodConfig;
 use fedprompt_train::TrainConfig;
@@ -208,6 +210,18 @@ pub struct FederationSection {
     /// `[federation.privacy.local]` for local DP; central DP is strategy `dpfedavg`.
     #[serde(default)]
     pub privacy: Option<PrivacyConfig>,
+    /// Compressed uploads (`[federation.compression]`: `codec = { type = "f16" | "int8" |
+    /// "int8-rows" | "topk", fraction = … }`, `error_feedback = true|false`): each client
+    /// sends its encoded delta from the global. Absent: plain f32 parameters. See
+    /// docs/compression.md.
+    #[serde(default)]
+    pub compression: Option<Compression>,
+    /// Secure aggregation (`[federation.secure_aggregation]`: `threshold`, `neighbours`,
+    /// `clip_range`, `bits`, `max_weight`, `rounding`, `simulate_dropouts`): the server
+    /// only sees masked updates and their sum. Absent: plain uploads. Cannot be combined
+    /// with `compression`. See docs/secure-aggregation.md.
+    #[serde(default)]
+    pub secure_aggregation: Option<SecAggConfig>,
 }
 
 fn default_rounds() -> u64 {
@@ -233,6 +247,8 @@ impl Default for FederationSection {
             patience: None,
             max_examples_per_client: None,
             privacy: None,
+            compression: None,
+            secure_aggregation: None,
         }
     }
 }
@@ -291,6 +307,12 @@ pub struct RunSpec {
     /// patience` for federated runs, `[train] patience` otherwise).
     #[serde(default)]
     pub patience: Option<usize>,
+    /// Compressed uploads for this run (default: `federation.compression`).
+    #[serde(default)]
+    pub compression: Option<Compression>,
+    /// Secure aggregation for this run (default: `federation.secure_aggregation`).
+    #[serde(default)]
+    pub secure_aggregation: Option<SecAggConfig>,
 }
 
 /// The data-efficiency ablation (the paper's Figure 4): rerun runs with every language's

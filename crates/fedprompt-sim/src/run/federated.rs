@@ -24,6 +24,7 @@ use indicatif::ProgressBar;
 use super::plan::RunPlan;
 use super::results::{avg_accuracy, method_label, metrics};
 use super::state::{load_round, save_round, FedProgress, RunFiles, RunOutcome};
+use super::transport::Transport;
 use super::Ctx;
 use crate::error::{Result, SimError};
 
@@ -48,9 +49,9 @@ struct SimClients<'r> {
     rounds_done: &'r mut u64,
     stop_after: Option<u64>,
     started: Instant,
-    last_up: u64,
     last_down: u64,
     privacy: Option<PrivacyAccounting>,
+    transport: Transport,
 }
 
 impl SimClients<'_> {
@@ -115,17 +116,16 @@ impl RoundClients for SimClients<'_> {
                 Some(self.pb),
             ) {
                 Ok(mut r) => {
+                    // Local DP: the client clips and noises its own delta before it leaves.
                     super::privacy::client_step(global, &mut r.params, &rc, tcfg.seed)?;
-                    let up = r.params.wire_len()? as u64;
-                    self.last_up = up;
                     let update = ClientUpdate {
                         client_id: c.clone(),
                         params: r.params,
                         num_examples: r.num_examples,
                         metrics: r.metrics,
                     };
-                    // A rejected update is recorded as a failure by the round; it goes on.
-                    let _ = fit.submit(update, up);
+                    // Plain, compressed, or held for the round's secure aggregation.
+                    self.transport.send(&mut fit, global, update)?;
                 }
                 Err(e) => {
                     let why = error_chain(&e);
@@ -134,6 +134,7 @@ impl RoundClients for SimClients<'_> {
                 }
             }
         }
+        self.transport.flush(&mut fit, global)?;
         Ok(Collected {
             round: fit,
             stopped: false,
@@ -258,9 +259,9 @@ impl Ctx<'_> {
             rounds_done: &mut self.rounds_done,
             stop_after: self.opts.stop_after_rounds,
             started: Instant::now(),
-            last_up: 0,
             last_down: 0,
             privacy: privacy.clone(),
+            transport: Transport::new(plan),
         };
         if clients.progress.curve.is_empty() {
             // Round 0: the initial global model, so the curve shows where learning starts.
@@ -289,7 +290,12 @@ impl Ctx<'_> {
             .as_ref()
             .map(|p| super::privacy::note(p, server.round(), budget_stop.as_deref()));
         pb.finish_and_clear();
-        let (progress, last_up, last_down) = (clients.progress, clients.last_up, clients.last_down);
+        let (progress, last_up, last_down) = (
+            clients.progress,
+            clients.transport.last_up,
+            clients.last_down,
+        );
+        let upload_encoding = clients.transport.label();
 
         let report = progress.best_report.clone().ok_or_else(|| SimError::Run {
             run: spec.label.clone(),
@@ -327,6 +333,7 @@ impl Ctx<'_> {
             clients: m as u32,
             rounds: stopped as u32,
             total_bytes: server.ledger().total().total(),
+            upload_encoding,
         };
         Ok(RunOutcome {
             best_avg: progress.best_avg,

@@ -5,7 +5,8 @@
 //! - `federated`: federated runs, the shared round loop over in-process clients;
 //! - `privacy`: DP accounting, weight caps and the clients' local-DP step of a federated run;
 //! - `state`: what `--resume` finds (finished runs; a federated run's state per round);
-//! - `results`: rows, curves, distances and notes of the results folder.
+//! - `results`: rows, curves, distances and notes of the results folder;
+//! - `transport`: how an update reaches the server (plain, compressed, securely aggregated).
 
 mod federated;
 mod local;
@@ -13,6 +14,7 @@ mod plan;
 mod privacy;
 mod results;
 mod state;
+mod transport;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,9 @@
 //! A run's settings, resolved once: the file's defaults with the run's overrides, checked.
 
 use fedprompt_data::{Example, Partition, PartitionSpec};
+use fedprompt_fl::codec::Compression;
 use fedprompt_fl::privacy::PrivacyConfig;
+use fedprompt_fl::secagg::SecAggConfig;
 use fedprompt_fl::{derive_seed, ClientConfig, RoundConfig, RoundPolicy, StrategyConfig};
 use fedprompt_model::Backbone;
 use fedprompt_train::TrainConfig;
@@ -35,6 +37,10 @@ pub(crate) struct RunPlan<'a> {
     pub max_examples_per_client: Option<u64>,
     /// Differential privacy (accounting, budget, local DP).
     pub privacy: Option<PrivacyConfig>,
+    /// How clients compress their uploads, if they do.
+    pub compression: Option<Compression>,
+    /// Secure aggregation settings, if updates are securely aggregated.
+    pub secure_aggregation: Option<SecAggConfig>,
 }
 
 impl<'a> RunPlan<'a> {
@@ -77,6 +83,11 @@ impl<'a> RunPlan<'a> {
                 .clone()
                 .or_else(|| cfg.federation.privacy.clone()),
             train,
+            compression: spec.compression.or(cfg.federation.compression),
+            secure_aggregation: spec
+                .secure_aggregation
+                .clone()
+                .or_else(|| cfg.federation.secure_aggregation.clone()),
         };
         plan.check()?;
         Ok(plan)
@@ -109,6 +120,7 @@ impl<'a> RunPlan<'a> {
             if self.max_examples_per_client == Some(0) {
                 return Err(err("max_examples_per_client must be at least 1".into()));
             }
+            super::transport::check(self).map_err(err)?;
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 //!
 //! Every encoding is a safetensors buffer tagged with the codec in its
 //! metadata, so a mismatched decoder fails clearly. Top-k is meant for update
-//! deltas (`local − global`), not raw parameters.
+//! deltas (`local − global`), not raw parameters, and with [`ErrorFeedback`].
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{FlError, ParamsError, Result};
 use crate::params::{dtype_name, f32s_to_le, le_to_f32s, BytesView, Layout, Params};
+
+mod feedback;
+pub use feedback::{encode_once, Compression, Encoded, ErrorFeedback};
 
 const META_KEY: &str = "fedprompt.codec";
 
@@ -27,6 +30,10 @@ pub enum Codec {
     F16,
     /// Symmetric int8 with one f32 scale per tensor (`scale = max|x| / 127`).
     Int8,
+    /// Symmetric int8 with one f32 scale per row (the last dimension; one row for 0-d and
+    /// 1-d tensors): error at most half a step of the row's own scale.
+    #[serde(rename = "int8-rows")]
+    Int8Rows,
     /// Keeps the `⌈fraction·n⌉` largest-magnitude values of each tensor (u32 index + f32 value).
     TopK {
         /// Fraction of values kept, in (0, 1].
@@ -45,6 +52,7 @@ impl Codec {
             Codec::F32 => "f32",
             Codec::F16 => "f16",
             Codec::Int8 => "int8",
+            Codec::Int8Rows => "int8-rows",
             Codec::TopK { .. } => "topk",
         }
     }
@@ -98,32 +106,40 @@ impl Codec {
                         BytesView::new(Dtype::F16, shape, Cow::Owned(bytes)),
                     ));
                 }
-                Codec::Int8 => {
-                    let max = t.data().iter().fold(0.0f32, |m, x| m.max(x.abs()));
-                    let scale = max / 127.0;
-                    let q: Vec<u8> = t
-                        .data()
-                        .iter()
-                        .map(|&x| {
+                Codec::Int8 | Codec::Int8Rows => {
+                    let row = match self {
+                        Codec::Int8Rows => row_len(&shape, t.len()),
+                        _ => t.len().max(1),
+                    };
+                    let mut q = Vec::with_capacity(t.len());
+                    let mut scales = Vec::with_capacity(t.len().div_ceil(row).max(1));
+                    for chunk in t.data().chunks(row) {
+                        let max = chunk.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+                        let scale = max / 127.0;
+                        scales.push(scale);
+                        q.extend(chunk.iter().map(|&x| {
                             let v = if scale > 0.0 {
                                 (x / scale).round().clamp(-127.0, 127.0)
                             } else {
                                 0.0
                             };
                             (v as i8) as u8
-                        })
-                        .collect();
+                        }));
+                    }
+                    if scales.is_empty() {
+                        scales.push(0.0); // an empty tensor still carries its scale
+                    }
+                    let scale_shape = match self {
+                        Codec::Int8Rows => vec![scales.len()],
+                        _ => vec![],
+                    };
                     views.push((
                         format!("q/{name}"),
                         BytesView::new(Dtype::I8, shape, Cow::Owned(q)),
                     ));
                     views.push((
                         format!("scale/{name}"),
-                        BytesView::new(
-                            Dtype::F32,
-                            vec![],
-                            Cow::Owned(scale.to_le_bytes().to_vec()),
-                        ),
+                        BytesView::new(Dtype::F32, scale_shape, Cow::Owned(f32s_to_le(&scales))),
                     ));
                 }
                 Codec::TopK { fraction } => {
@@ -188,7 +204,7 @@ impl Codec {
         };
         let per_tensor = match self {
             Codec::F32 | Codec::F16 => 1,
-            Codec::Int8 | Codec::TopK { .. } => 2,
+            Codec::Int8 | Codec::Int8Rows | Codec::TopK { .. } => 2,
         };
         if st.len() != layout.len() * per_tensor {
             return Err(codec_err(format!(
@@ -206,17 +222,29 @@ impl Codec {
                     .chunks_exact(2)
                     .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
                     .collect(),
-                Codec::Int8 => {
+                Codec::Int8 | Codec::Int8Rows => {
                     let q = get(&format!("q/{name}"), Dtype::I8)?;
                     check_shape(name, shape, q.shape())?;
-                    let s = get(&format!("scale/{name}"), Dtype::F32)?;
-                    let scale = le_to_f32s(s.data()).first().copied().unwrap_or(f32::NAN);
-                    if !(scale.is_finite() && scale >= 0.0) {
-                        return Err(codec_err(format!("tensor `{name}`: invalid scale {scale}")));
+                    let scales = le_to_f32s(get(&format!("scale/{name}"), Dtype::F32)?.data());
+                    let n = q.data().len();
+                    let row = match self {
+                        Codec::Int8Rows => row_len(shape, n),
+                        _ => n.max(1),
+                    };
+                    if scales.len() != n.div_ceil(row).max(1) {
+                        return Err(codec_err(format!(
+                            "tensor `{name}`: {} scale(s) for {} row(s)",
+                            scales.len(),
+                            n.div_ceil(row).max(1)
+                        )));
+                    }
+                    if let Some(bad) = scales.iter().find(|s| !(s.is_finite() && **s >= 0.0)) {
+                        return Err(codec_err(format!("tensor `{name}`: invalid scale {bad}")));
                     }
                     q.data()
-                        .iter()
-                        .map(|&b| f32::from(b as i8) * scale)
+                        .chunks(row)
+                        .zip(&scales)
+                        .flat_map(|(c, &scale)| c.iter().map(move |&b| f32::from(b as i8) * scale))
                         .collect()
                 }
                 Codec::TopK { .. } => {
@@ -256,6 +284,15 @@ impl Codec {
         }
         out.check_finite()?;
         Ok(out)
+    }
+}
+
+/// Values per row for per-row scales: the last dimension (the whole tensor when it has
+/// fewer than two dimensions; at least 1).
+fn row_len(shape: &[usize], len: usize) -> usize {
+    match shape {
+        [.., _, last] => (*last).max(1),
+        _ => len.max(1),
     }
 }
 
