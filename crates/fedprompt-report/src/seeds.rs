@@ -151,7 +151,9 @@ fn combine_row(rows: Vec<&ParadigmRow>, seeds: &[u64]) -> ParadigmRow {
 /// Mean and standard deviation per round over the curves that have that round (an
 /// early-stopped seed stops contributing after its last round).
 fn combine_curve(curves: &[&Curve]) -> Curve {
-    let mut by_round: BTreeMap<u32, Vec<(f64, Option<f64>, Option<f64>)>> = BTreeMap::new();
+    // (accuracy, loss, ε) of every seed that reached the round.
+    type Seen = Vec<(f64, Option<f64>, Option<f64>)>;
+    let mut by_round: BTreeMap<u32, Seen> = BTreeMap::new();
     for c in curves {
         for p in &c.points {
             by_round
