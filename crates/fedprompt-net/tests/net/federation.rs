@@ -412,7 +412,20 @@ async fn resume_from_checkpoint_equals_an_uninterrupted_run() {
     let mut cfg2 = cfg;
     cfg2.address = addr.to_string();
     cfg2.resume = true;
-    let second = fedprompt_net::start(cfg2).await.unwrap();
+    // The port was the kernel's pick for the first server; while the tests run in parallel,
+    // another test's server may hold it for a moment after the first one let it go. Retry
+    // the bind for a while (only that error) rather than fail on the neighbour's timing.
+    let mut tries = 0;
+    let second = loop {
+        match fedprompt_net::start(cfg2.clone()).await {
+            Ok(s) => break s,
+            Err(e) if tries < 100 && format!("{e:?} {e}").contains("in use") => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("restarting the server on {addr}: {e}"),
+        }
+    };
     let s2 = second.wait().await.unwrap();
     assert_eq!(s2.resumed_at, 2);
     assert_eq!(s2.rounds_completed, 4);

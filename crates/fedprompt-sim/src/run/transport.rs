@@ -9,6 +9,7 @@
 //!
 //! [`Codec`]: fedprompt_fl::codec::Codec
 
+use fedprompt_fl::StrategyConfig;
 use std::collections::BTreeMap;
 
 use fedprompt_fl::codec::{encode_once, Compression, ErrorFeedback};
@@ -33,6 +34,17 @@ pub(super) fn check(plan: &RunPlan<'_>) -> std::result::Result<(), String> {
                         vectors are uniformly random and do not compress; choose one"
                     .into(),
             );
+        }
+        // The server of a securely aggregated round sees only the sum: it cannot clip each
+        // update (central DP) nor take medians or trimmed means of them.
+        match &plan.strategy {
+            StrategyConfig::DpFedAvg { .. } => {
+                return Err("secure_aggregation cannot be combined with central DP (dpfedavg): the server never sees the individual updates it would clip; use local DP ([federation.privacy.local]) with secure aggregation".into())
+            }
+            StrategyConfig::Median | StrategyConfig::TrimmedMean { .. } => {
+                return Err("secure_aggregation cannot be combined with the median or trimmed-mean strategies: they need the individual updates, which the server never sees".into())
+            }
+            _ => {}
         }
     }
     Ok(())
