@@ -321,7 +321,11 @@ impl Ctx<'_> {
             stopped: stopped as f64,
             max: plan.rounds,
             models: 1,
-            hit_max: usize::from(!progress.patience_ran_out(stopped, plan.patience as u64)),
+            // Ran to the maximum without the patience running out (a privacy budget that
+            // stopped it earlier is neither).
+            hit_max: usize::from(
+                stopped >= plan.rounds && !progress.patience_ran_out(stopped, plan.patience as u64),
+            ),
         });
         let comm = CommRow {
             paradigm: spec.label.clone(),
