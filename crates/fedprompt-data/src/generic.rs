@@ -162,6 +162,7 @@ pub fn read_generic(
 pub fn scan_labels<P: AsRef<Path>>(paths: &[P], format: &GenericFormat) -> Result<LabelMap> {
     let mut names = Vec::new();
     let mut max_index: Option<usize> = None;
+    let mut first_bad = None;
     for p in paths {
         let mut policy = Policy::new(
             p.as_ref(),
@@ -175,6 +176,14 @@ pub fn scan_labels<P: AsRef<Path>>(paths: &[P], format: &GenericFormat) -> Resul
                 RawLabel::Name(n) => names.push(n),
             }
         }
+        first_bad = first_bad.or(policy.warnings.into_iter().next());
+    }
+    // Every line was bad (e.g. an unclosed quote swallowed the file): say why, not just
+    // "no labels".
+    if let (None, true, Some(w)) = (max_index, names.is_empty(), first_bad) {
+        return Err(DataError::InvalidLabelMap(format!(
+            "no label could be read, every row was rejected; the first: {w}"
+        )));
     }
     match (max_index, names.is_empty()) {
         (Some(_), false) => Err(DataError::InvalidLabelMap(
@@ -322,7 +331,9 @@ where
         .delimiter(delimiter)
         .quoting(quoting)
         .has_headers(true)
-        .flexible(false)
+        // Field counts are checked below, after the merged-rows check: a quote that swallowed
+        // the rest of the file leaves a record with too few fields, and the quote is the news.
+        .flexible(true)
         .from_reader(std::io::BufReader::new(file));
     let header = rdr.byte_headers().map_err(|e| csv_error(path, e))?.clone();
     if header.is_empty() {
@@ -352,6 +363,11 @@ where
                         policy.bad(policy.bad_line(line, msg))?;
                         continue;
                     }
+                }
+                if rec.len() != header.len() {
+                    let msg = format!("expected {} fields, found {}", header.len(), rec.len());
+                    policy.bad(policy.bad_line(line, msg))?;
+                    continue;
                 }
                 let cells: Result<Vec<&str>> =
                     idx.iter().map(|&i| decode(path, line, &rec[i])).collect();

@@ -438,6 +438,33 @@ fn an_unclosed_quote_that_merges_rows_is_an_error_with_line_and_fix() {
 }
 
 #[test]
+fn labels_scanned_from_a_file_whose_rows_were_all_swallowed_name_the_cause() {
+    // The quote opens on the first data line and is never closed: no row survives, so the
+    // label scan must say why (the quote and its fix), not merely "no labels".
+    let mut text = String::from("language\tpremise\tlabel\n");
+    text.push_str("en\t\"Quoted at the start, never closed.\tneutral\n");
+    for i in 0..5 {
+        text.push_str(&format!("en\tLine {i} after it.\tcontradiction\n"));
+    }
+    let (_d, p) = temp_file("swallowed.tsv", text.as_bytes());
+    let fmt = GenericFormat {
+        text: "premise".into(),
+        language_column: Some("language".into()),
+        ..GenericFormat::default()
+    };
+    let e = scan_labels(&[&p], &fmt).unwrap_err().to_string();
+    assert!(e.contains(":2"), "{e}");
+    assert!(e.contains("quoting = false"), "{e}");
+    // Quoting off reads every row and finds both labels.
+    let off = GenericFormat {
+        quoting: false,
+        ..fmt
+    };
+    let labels = scan_labels(&[&p], &off).unwrap();
+    assert_eq!(labels.len(), 2);
+}
+
+#[test]
 fn a_quoted_csv_field_with_a_line_break_is_still_one_text() {
     // A legitimate multi-line quoted CSV field (as `datasets.to_csv` writes) holds no delimiter.
     let text = "text,label\n\"first line\nsecond line\",a\nplain,b\n";
