@@ -313,6 +313,19 @@ pub struct RunSpec {
     /// Secure aggregation for this run (default: `federation.secure_aggregation`).
     #[serde(default)]
     pub secure_aggregation: Option<SecAggConfig>,
+    /// Derive this run's randomness (initialisation, batch order, client sampling, noise)
+    /// from this key instead of its label. Runs that share a key start from the same model
+    /// and see the same batches, so they differ only in the settings the file sets apart
+    /// (a codec, secure aggregation, DP): a controlled comparison. Default: the label.
+    #[serde(default)]
+    pub seed_key: Option<String>,
+}
+
+impl RunSpec {
+    /// The key this run's seed is derived from: `seed_key`, else the label.
+    pub fn seed_key(&self) -> &str {
+        self.seed_key.as_deref().unwrap_or(&self.label)
+    }
 }
 
 /// The data-efficiency ablation (the paper's Figure 4): rerun runs with every language's

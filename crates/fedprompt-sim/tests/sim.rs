@@ -594,3 +594,34 @@ fn privacy_and_robustness_settings_are_checked() {
     ));
     assert!(e.contains("trim_fraction"), "{e}");
 }
+
+#[test]
+fn runs_sharing_a_seed_key_share_their_randomness() {
+    // Two runs with the same settings and the same `seed_key` are the same run under two
+    // labels; the file's first run (its own label as key) starts elsewhere.
+    let dir = tempfile::tempdir().unwrap();
+    let extra = r#"
+[[run]]
+label = "A"
+paradigm = "federated"
+method = { type = "prompt", num_virtual_tokens = 2 }
+seed_key = "shared"
+[[run]]
+label = "B"
+paradigm = "federated"
+method = { type = "prompt", num_virtual_tokens = 2 }
+seed_key = "shared"
+"#;
+    let cfg = parse(&experiment(dir.path(), extra)).unwrap();
+    let r = run_in(&cfg, dir.path(), "out");
+    let losses = |label: &str| -> Vec<f64> {
+        let c = r.curves.iter().find(|c| c.paradigm == label).unwrap();
+        c.points.iter().map(|p| p.loss.unwrap()).collect()
+    };
+    let (a, b, own) = (losses("A"), losses("B"), losses("PE_FL (non-IID)"));
+    assert_eq!(a.len(), 4, "round 0 and three rounds");
+    assert_eq!(a, b);
+    assert_ne!(a, own);
+    let row = |label: &str| r.rows.iter().find(|x| x.paradigm == label).unwrap();
+    assert_eq!(row("A").per_language, row("B").per_language);
+}

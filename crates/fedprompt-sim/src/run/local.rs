@@ -95,7 +95,7 @@ impl Ctx<'_> {
                     msg: format!("language `{name}` has no evaluation examples"),
                 });
             }
-            let seed = derive_seed(self.cfg.seed, &[&spec.label, name]);
+            let seed = derive_seed(self.cfg.seed, &[spec.seed_key(), name]);
             let clf = Classifier::new(self.backbone, &spec.method, &self.labels, seed)?;
             let tcfg = plan.local_train(seed);
             let rep = train(

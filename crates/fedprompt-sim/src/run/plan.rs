@@ -46,7 +46,7 @@ pub(crate) struct RunPlan<'a> {
 impl<'a> RunPlan<'a> {
     /// Resolves `spec` against the file's defaults.
     pub fn resolve(cfg: &ExperimentConfig, spec: &'a RunSpec) -> Result<Self> {
-        let seed = derive_seed(cfg.seed, &[&spec.label]);
+        let seed = derive_seed(cfg.seed, &[spec.seed_key()]);
         let mut train = cfg.train.clone();
         if let Some(lr) = spec.learning_rate {
             train.learning_rate = lr;
