@@ -66,6 +66,26 @@ proptest! {
     }
 
     #[test]
+    fn int4_rows_error_is_at_most_half_a_step_of_the_row_scale(p in params_strategy(100.0)) {
+        let codec = Codec::Int4Rows;
+        let bytes = codec.encode(&p).unwrap();
+        let q = codec.decode(&bytes, &p.layout()).unwrap();
+        for ((name, a), (_, b)) in p.iter().zip(q.iter()) {
+            let row = if a.shape().len() >= 2 { a.shape()[a.shape().len() - 1] } else { a.len().max(1) };
+            for (ra, rb) in a.data().chunks(row).zip(b.data().chunks(row)) {
+                let scale = ra.iter().fold(0f32, |m, x| m.max(x.abs())) / 7.0;
+                for (x, y) in ra.iter().zip(rb) {
+                    prop_assert!((x - y).abs() <= scale * 0.5 * (1.0 + 1e-5) + f32::MIN_POSITIVE, "{}: {} vs {}", name, x, y);
+                }
+            }
+        }
+        // Half a byte per value (rounded up per tensor) plus one f32 per row: never more
+        // than int8-rows' bytes.
+        let int8 = Codec::Int8Rows.encode(&p).unwrap();
+        prop_assert!(bytes.len() <= int8.len());
+    }
+
+    #[test]
     fn topk_sends_exactly_the_largest_values(p in params_strategy(10.0), fraction in 0.01f64..=1.0) {
         let codec = Codec::TopK { fraction };
         let q = round_trip(codec, &p);
@@ -143,8 +163,42 @@ fn compression_settings_parse_with_their_defaults() {
     let c: Compression =
         toml::from_str("codec = { type = \"f16\" }\nerror_feedback = true").unwrap();
     assert_eq!(c.label(), "f16+ef");
+    let c: Compression = toml::from_str("codec = { type = \"int4-rows\" }").unwrap();
+    assert_eq!(c.label(), "int4-rows");
     let e = toml::from_str::<Compression>("codec = { type = \"int4\" }").unwrap_err();
     assert!(e.to_string().contains("int4"), "{e}");
     let e = toml::from_str::<Compression>("codec = { type = \"f16\" }\nfeedback = 1").unwrap_err();
     assert!(e.to_string().contains("feedback"), "{e}");
+}
+
+#[test]
+fn int4_rows_packs_two_values_a_byte_and_rejects_a_wrong_layout() {
+    // Row 0 has scale 7/7 = 1: its values are integers and come back exactly; row 1 has
+    // scale 0.7/7 = 0.1 (odd row length: the nibbles run across rows).
+    let p = Params::new()
+        .with("w", vec![2, 3], vec![7.0, -3.0, 0.0, 0.7, -0.35, 0.04])
+        .unwrap();
+    let codec = Codec::Int4Rows;
+    let bytes = codec.encode(&p).unwrap();
+    let q = codec.decode(&bytes, &p.layout()).unwrap();
+    let got = q.get("w").unwrap().data();
+    assert_eq!(&got[..3], &[7.0, -3.0, 0.0]);
+    // 0.7 → 7 steps; -0.35 → -3.5 steps rounds away from zero to -4; 0.04 → 0.4 → 0.
+    let want = [0.7f32, -0.4, 0.0];
+    for (g, w) in got[3..].iter().zip(want) {
+        assert!((g - w).abs() < 1e-6, "{g} vs {w}");
+    }
+    // A decoder told of another shape refuses instead of reading past the packed bytes.
+    let other = Params::new().with("w", vec![2, 5], vec![0.0; 10]).unwrap();
+    let e = codec
+        .decode(&bytes, &other.layout())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("packed byte"), "{e}");
+    // And an int8 decoder refuses an int4 encoding by its tag.
+    let e = Codec::Int8Rows
+        .decode(&bytes, &p.layout())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("int4-rows"), "{e}");
 }

@@ -211,7 +211,7 @@ pub struct FederationSection {
     #[serde(default)]
     pub privacy: Option<PrivacyConfig>,
     /// Compressed uploads (`[federation.compression]`: `codec = { type = "f16" | "int8" |
-    /// "int8-rows" | "topk", fraction = … }`, `error_feedback = true|false`): each client
+    /// "int8-rows" | "int4-rows" | "topk", fraction = … }`, `error_feedback = true|false`): each client
     /// sends its encoded delta from the global. Absent: plain f32 parameters. See
     /// docs/compression.md.
     #[serde(default)]

@@ -13,7 +13,8 @@ use crate::params::Params;
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Compression {
-    /// The codec (`{ type = "f16" }`, `"int8"`, `"int8-rows"`, `{ type = "topk", fraction = 0.1 }`).
+    /// The codec (`{ type = "f16" }`, `"int8"`, `"int8-rows"`, `"int4-rows"`, `{ type = "topk",
+    /// fraction = 0.1 }`).
     pub codec: Codec,
     /// Keep the residual and add it to the next delta (default: on for top-k, off otherwise).
     #[serde(default)]

@@ -34,6 +34,11 @@ pub enum Codec {
     /// 1-d tensors): error at most half a step of the row's own scale.
     #[serde(rename = "int8-rows")]
     Int8Rows,
+    /// Symmetric 4-bit integers in [-7, 7], two per byte, with one f32 scale per row
+    /// (`scale = max|x| / 7`): 1/8 of the f32 bytes plus the scales; error at most half a
+    /// step of the row's scale. Meant for deltas with error feedback.
+    #[serde(rename = "int4-rows")]
+    Int4Rows,
     /// Keeps the `⌈fraction·n⌉` largest-magnitude values of each tensor (u32 index + f32 value).
     TopK {
         /// Fraction of values kept, in (0, 1].
@@ -53,6 +58,7 @@ impl Codec {
             Codec::F16 => "f16",
             Codec::Int8 => "int8",
             Codec::Int8Rows => "int8-rows",
+            Codec::Int4Rows => "int4-rows",
             Codec::TopK { .. } => "topk",
         }
     }
@@ -142,6 +148,22 @@ impl Codec {
                         BytesView::new(Dtype::F32, scale_shape, Cow::Owned(f32s_to_le(&scales))),
                     ));
                 }
+                Codec::Int4Rows => {
+                    let row = row_len(&shape, t.len());
+                    let (packed, scales) = int4_encode(t.data(), row);
+                    views.push((
+                        format!("q4/{name}"),
+                        BytesView::new(Dtype::U8, vec![packed.len()], Cow::Owned(packed)),
+                    ));
+                    views.push((
+                        format!("scale/{name}"),
+                        BytesView::new(
+                            Dtype::F32,
+                            vec![scales.len()],
+                            Cow::Owned(f32s_to_le(&scales)),
+                        ),
+                    ));
+                }
                 Codec::TopK { fraction } => {
                     let n = t.len();
                     if u32::try_from(n).is_err() {
@@ -204,7 +226,7 @@ impl Codec {
         };
         let per_tensor = match self {
             Codec::F32 | Codec::F16 => 1,
-            Codec::Int8 | Codec::Int8Rows | Codec::TopK { .. } => 2,
+            Codec::Int8 | Codec::Int8Rows | Codec::Int4Rows | Codec::TopK { .. } => 2,
         };
         if st.len() != layout.len() * per_tensor {
             return Err(codec_err(format!(
@@ -247,6 +269,12 @@ impl Codec {
                         .flat_map(|(c, &scale)| c.iter().map(move |&b| f32::from(b as i8) * scale))
                         .collect()
                 }
+                Codec::Int4Rows => {
+                    let n = crate::params::shape_len(name, shape)?;
+                    let q = get(&format!("q4/{name}"), Dtype::U8)?;
+                    let scales = le_to_f32s(get(&format!("scale/{name}"), Dtype::F32)?.data());
+                    int4_decode(name, q.data(), &scales, n, row_len(shape, n))?
+                }
                 Codec::TopK { .. } => {
                     let n = crate::params::shape_len(name, shape)?;
                     let idx = get(&format!("idx/{name}"), Dtype::U32)?;
@@ -285,6 +313,74 @@ impl Codec {
         out.check_finite()?;
         Ok(out)
     }
+}
+
+/// Quantises `data` to 4-bit integers in [-7, 7] with one scale per `row` values, packed
+/// two per byte (the earlier value in the low nibble, a final odd value with 0 above it).
+fn int4_encode(data: &[f32], row: usize) -> (Vec<u8>, Vec<f32>) {
+    let mut q = Vec::with_capacity(data.len());
+    let mut scales = Vec::with_capacity(data.len().div_ceil(row).max(1));
+    for chunk in data.chunks(row) {
+        let max = chunk.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let scale = max / 7.0;
+        scales.push(scale);
+        q.extend(chunk.iter().map(|&x| {
+            if scale > 0.0 {
+                (x / scale).round().clamp(-7.0, 7.0) as i8
+            } else {
+                0
+            }
+        }));
+    }
+    if scales.is_empty() {
+        scales.push(0.0); // an empty tensor still carries its scale
+    }
+    let nibble = |v: i8| (v as u8) & 0x0f;
+    let packed = q
+        .chunks(2)
+        .map(|p| nibble(p[0]) | p.get(1).map_or(0, |&v| nibble(v) << 4))
+        .collect();
+    (packed, scales)
+}
+
+/// Inverse of [`int4_encode`] for a tensor of `n` values, checking every length and scale.
+fn int4_decode(
+    name: &str,
+    packed: &[u8],
+    scales: &[f32],
+    n: usize,
+    row: usize,
+) -> Result<Vec<f32>> {
+    if packed.len() != n.div_ceil(2) {
+        return Err(codec_err(format!(
+            "tensor `{name}`: {} packed byte(s) for {n} value(s), expected {}",
+            packed.len(),
+            n.div_ceil(2)
+        )));
+    }
+    let rows = n.div_ceil(row).max(1);
+    if scales.len() != rows {
+        return Err(codec_err(format!(
+            "tensor `{name}`: {} scale(s) for {rows} row(s)",
+            scales.len()
+        )));
+    }
+    if let Some(bad) = scales.iter().find(|s| !(s.is_finite() && **s >= 0.0)) {
+        return Err(codec_err(format!("tensor `{name}`: invalid scale {bad}")));
+    }
+    // Sign-extend a nibble: 0x8..=0xf are -8..=-1 (-8 is never written; it decodes as -8).
+    let value = |b: u8| ((b << 4) as i8 >> 4) as f32;
+    Ok((0..n)
+        .map(|i| {
+            let b = packed[i / 2];
+            let v = if i % 2 == 0 {
+                value(b & 0x0f)
+            } else {
+                value(b >> 4)
+            };
+            v * scales[i / row]
+        })
+        .collect())
 }
 
 /// Values per row for per-row scales: the last dimension (the whole tensor when it has
