@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use crate::error::{ReportError, Result};
 use crate::model::{
-    Convergence, Curve, DataEffPoint, LangMetrics, ParadigmRow, RunResults, SeedRow, Spread,
+    CommRow, Convergence, Curve, DataEffPoint, LangMetrics, ParadigmRow, RunResults, SeedRow,
+    Spread,
 };
 
 /// Mean and sample standard deviation (n − 1; 0 for a single value).
@@ -25,8 +26,8 @@ pub fn mean_sd(values: &[f64]) -> (f64, f64) {
 /// Combines the results of the same experiment run with different seeds (`runs[i]` made
 /// with `seeds[i]`): each row becomes the mean over seeds with its standard deviations and
 /// per-seed numbers; curves the mean per round over the seeds that reached it; data-efficiency
-/// points the mean per (paradigm, size). Communication rows and metadata come from the first
-/// seed. One seed returns its results unchanged (with `seeds` filled in).
+/// points the mean per (paradigm, size); communication rows the mean rounds and bytes (runs
+/// stop at different rounds). Metadata comes from the first seed. One seed returns its results unchanged (with `seeds` filled in).
 pub fn combine_seeds(runs: Vec<RunResults>, seeds: &[u64]) -> Result<RunResults> {
     if runs.is_empty() || runs.len() != seeds.len() {
         return Err(ReportError::Invalid(format!(
@@ -86,7 +87,30 @@ pub fn combine_seeds(runs: Vec<RunResults>, seeds: &[u64]) -> Result<RunResults>
             sd: Some(sd),
         });
     }
+    // Runs stop early at different rounds per seed: the rounds and total bytes of a
+    // communication row are the means over the seeds (rounded), not the first seed's.
+    let comm = first
+        .comm
+        .iter()
+        .map(|c| {
+            let same: Vec<&CommRow> = runs
+                .iter()
+                .filter_map(|r| r.comm.iter().find(|x| x.paradigm == c.paradigm))
+                .collect();
+            let mean = |f: &dyn Fn(&CommRow) -> f64| {
+                same.iter().map(|x| f(x)).sum::<f64>() / same.len() as f64
+            };
+            CommRow {
+                rounds: mean(&|x| f64::from(x.rounds)).round() as u32,
+                total_bytes: mean(&|x| x.total_bytes as f64).round() as u64,
+                bytes_up_per_client_round: mean(&|x| x.bytes_up_per_client_round as f64).round()
+                    as u64,
+                ..c.clone()
+            }
+        })
+        .collect();
     let mut out = runs[0].clone();
+    out.comm = comm;
     out.seed = seeds[0];
     out.seeds = seeds.to_vec();
     out.rows = rows;

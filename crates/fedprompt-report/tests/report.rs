@@ -508,6 +508,17 @@ fn seeds_combine_to_exact_means_and_sample_sds_and_render_with_spread() {
             for p in &mut r.data_efficiency {
                 p.accuracy += d;
             }
+            // Early stopping: the seeds ran 10, 11 and 13 rounds.
+            for c in &mut r.comm {
+                c.rounds = if *d < 0.0 {
+                    10
+                } else if *d == 0.0 {
+                    11
+                } else {
+                    13
+                };
+                c.total_bytes = u64::from(c.rounds) * 1000;
+            }
             r
         })
         .collect();
@@ -538,6 +549,12 @@ fn seeds_combine_to_exact_means_and_sample_sds_and_render_with_spread() {
     assert!((c.sd[5] - 0.03 / 2f64.sqrt()).abs() < 1e-12);
     let d = &r.data_efficiency[0];
     assert!((d.sd.unwrap() - sd).abs() < 1e-12);
+    // Communication: mean rounds (34 / 3 = 11.33 → 11) and mean bytes over the seeds.
+    assert!(!r.comm.is_empty());
+    for c in &r.comm {
+        assert_eq!(c.rounds, 11);
+        assert_eq!(c.total_bytes, 11_333);
+    }
     // Tables show mean ± sd and a per-seed table; plots and CSVs are written.
     let md = tables_markdown(&r);
     assert!(md.contains("Seeds: 1, 2, 3"), "{md}");
