@@ -2,86 +2,20 @@
 //! bad experiment files fail early with the field or file named, and (on the default model
 //! with the real demo data) a short federated run learns.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use fedprompt_sim::{run_experiment, ExperimentConfig, RunOptions};
 
-fn tiny_model() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fedprompt-model/tests/fixtures/tiny-xlmr")
-        .display()
-        .to_string()
-}
-
-/// A small three-language topic set whose words the tiny tokenizer knows.
-fn write_data(dir: &Path) -> (PathBuf, PathBuf) {
-    let topics = [
-        ("sport", ["football", "team", "match", "final"]),
-        ("money", ["marchés", "Börse", "price", "bank"]),
-    ];
-    let langs = ["en", "fr", "de"];
-    let mut lines_train = Vec::new();
-    let mut lines_eval = Vec::new();
-    for (li, l) in langs.iter().enumerate() {
-        for (ti, (label, words)) in topics.iter().enumerate() {
-            for i in 0..12 {
-                let text = format!(
-                    "{} {} {}",
-                    words[i % 4],
-                    words[(i + li + ti) % 4],
-                    ["the", "la", "die"][li]
-                );
-                let line = serde_json::json!({"text": text, "label": label, "language": l});
-                if i < 8 {
-                    lines_train.push(line.to_string());
-                } else {
-                    lines_eval.push(line.to_string());
-                }
-            }
-        }
-    }
-    let tr = dir.join("train.jsonl");
-    let ev = dir.join("eval.jsonl");
-    std::fs::File::create(&tr)
-        .unwrap()
-        .write_all(lines_train.join("\n").as_bytes())
-        .unwrap();
-    std::fs::File::create(&ev)
-        .unwrap()
-        .write_all(lines_eval.join("\n").as_bytes())
-        .unwrap();
-    (tr, ev)
-}
+mod common;
 
 fn experiment(dir: &Path, extra_runs: &str) -> String {
-    let (tr, ev) = write_data(dir);
-    format!(
-        r#"
-name = "tiny"
-seed = 3
-[model]
-path = "{model}"
-max_len = 32
-[data]
-source = {{ type = "files", train = "{tr}", eval = "{ev}" }}
-languages = ["en", "fr", "de"]
-[train]
-learning_rate = 0.01
-batch_size = 4
-epochs = 2
-[federation]
-rounds = 3
+    let first = r#"
 [[run]]
 label = "PE_FL (non-IID)"
 paradigm = "federated"
-method = {{ type = "prompt", num_virtual_tokens = 2 }}
-{extra_runs}
-"#,
-        model = tiny_model(),
-        tr = tr.display(),
-        ev = ev.display()
-    )
+method = { type = "prompt", num_virtual_tokens = 2 }
+"#;
+    common::experiment_text(dir, "tiny", &format!("{first}{extra_runs}"))
 }
 
 fn parse(text: &str) -> Result<ExperimentConfig, String> {

@@ -2,77 +2,16 @@
 //! than plain ones, secure aggregation reproduces the plain run within its quantisation
 //! error, survives simulated dropouts, and fails clearly when too many clients drop.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use fedprompt_report::{CommRow, Curve};
 use fedprompt_sim::{run_experiment, ExperimentConfig, RunOptions};
 
-fn tiny_model() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fedprompt-model/tests/fixtures/tiny-xlmr")
-        .display()
-        .to_string()
-}
-
-/// A small three-language topic set whose words the tiny tokenizer knows.
-fn write_data(dir: &Path) -> (PathBuf, PathBuf) {
-    let topics = [
-        ("sport", ["football", "team", "match", "final"]),
-        ("money", ["marchés", "Börse", "price", "bank"]),
-    ];
-    let langs = ["en", "fr", "de"];
-    let (mut train, mut eval) = (Vec::new(), Vec::new());
-    for (li, l) in langs.iter().enumerate() {
-        for (ti, (label, words)) in topics.iter().enumerate() {
-            for i in 0..12 {
-                let text = format!(
-                    "{} {} {}",
-                    words[i % 4],
-                    words[(i + li + ti) % 4],
-                    ["the", "la", "die"][li]
-                );
-                let line = serde_json::json!({"text": text, "label": label, "language": l});
-                if i < 8 { &mut train } else { &mut eval }.push(line.to_string());
-            }
-        }
-    }
-    let tr = dir.join("train.jsonl");
-    let ev = dir.join("eval.jsonl");
-    for (path, lines) in [(&tr, &train), (&ev, &eval)] {
-        std::fs::File::create(path)
-            .unwrap()
-            .write_all(lines.join("\n").as_bytes())
-            .unwrap();
-    }
-    (tr, ev)
-}
+mod common;
 
 fn experiment(dir: &Path, runs: &str) -> ExperimentConfig {
-    let (tr, ev) = write_data(dir);
-    let text = format!(
-        r#"
-name = "tiny-transport"
-seed = 3
-[model]
-path = "{model}"
-max_len = 32
-[data]
-source = {{ type = "files", train = "{tr}", eval = "{ev}" }}
-languages = ["en", "fr", "de"]
-[train]
-learning_rate = 0.01
-batch_size = 4
-epochs = 2
-[federation]
-rounds = 3
-{runs}
-"#,
-        model = tiny_model(),
-        tr = tr.display(),
-        ev = ev.display()
-    );
-    let cfg: ExperimentConfig = toml::from_str(&text).unwrap();
+    let cfg: ExperimentConfig =
+        toml::from_str(&common::experiment_text(dir, "tiny-transport", runs)).unwrap();
     cfg.validate().unwrap();
     cfg
 }
