@@ -21,9 +21,11 @@ pub mod devcerts;
 mod error;
 mod events;
 pub mod proto;
+mod secagg_wire;
 mod server;
 pub mod tls;
 mod transfer;
+mod upload;
 
 pub use client::{
     join, join_async, raw_client, update_messages, BearerAuth, JoinSummary, RawClient,
@@ -37,5 +39,7 @@ pub use fedprompt_train::client::{
     Task, TrainerError,
 };
 pub use fedprompt_train::ModelSpec;
+pub use secagg_wire::SECURE_AGGREGATION;
 pub use server::{serve, start, RefusalKind, RunningServer, ServeSummary, ServerStats, StopHandle};
 pub use tls::{ClientTlsConfig, ServerTlsConfig};
+pub use upload::UPDATE_ENCODING;

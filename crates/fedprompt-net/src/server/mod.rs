@@ -14,6 +14,7 @@
 
 mod driver;
 mod privacy;
+mod secagg;
 mod service;
 mod state;
 mod tls_accept;
@@ -65,6 +66,11 @@ pub enum RefusalKind {
     InvalidParams,
     /// Too many, too long or non-finite metrics.
     BadMetrics,
+    /// Not an encoding in the round's codec (`[compression]`), or a malformed one.
+    BadEncoding,
+    /// A secure-aggregation message the core refused (malformed, wrong sender, out of
+    /// turn), or plain parameters in a securely aggregated round.
+    SecAgg,
 }
 
 impl RefusalKind {
@@ -80,6 +86,8 @@ impl RefusalKind {
             RefusalKind::Checksum => "checksum",
             RefusalKind::InvalidParams => "invalid_params",
             RefusalKind::BadMetrics => "bad_metrics",
+            RefusalKind::BadEncoding => "bad_encoding",
+            RefusalKind::SecAgg => "secagg",
         }
     }
 }
@@ -350,6 +358,12 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer> {
         max_chunk: cfg.max_chunk_bytes,
         max_update,
         liveness: secs("liveness_s", cfg.liveness_s)?,
+        needs_current_protocol: if cfg.secure_aggregation.is_some() {
+            Some("secure aggregation".into())
+        } else {
+            cfg.compression
+                .map(|c| format!("compressed uploads ({})", c.label()))
+        },
         tokens,
     });
     let known = shared.tokens.client_ids().len();

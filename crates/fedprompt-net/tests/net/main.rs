@@ -1,5 +1,6 @@
 //! One integration-test binary: configuration and end-to-end federation tests.
 
+mod compression;
 mod config;
 mod federation;
 mod mtls;
