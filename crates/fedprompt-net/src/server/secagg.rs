@@ -473,10 +473,7 @@ impl SecAggRun<'_> {
             Err(e) => {
                 warn!("round {round}: {e}");
                 for id in fit.pending() {
-                    let why = sa
-                        .dropped
-                        .remove(&id)
-                        .unwrap_or_else(|| format!("secure aggregation failed: {e}"));
+                    let why = sa.dropped.remove(&id).unwrap_or_else(|| e.to_string());
                     let _ = fit.fail(&id, why);
                 }
             }

@@ -4,4 +4,5 @@ mod compression;
 mod config;
 mod federation;
 mod mtls;
+mod secagg;
 mod tls_errors;
