@@ -9,6 +9,9 @@
 //!   ([`ModelTrainer`] for the real model): only the trainable set, the
 //!   example count and metrics leave the machine.
 //! * [`devcerts::generate`] makes a development CA, certificates and tokens.
+//! * Optional: compressed uploads (`[compression]`: clients send their delta encoded with a
+//!   `fedprompt_fl::codec` codec) and secure aggregation (`[secure_aggregation]`: each
+//!   training round runs SecAgg+ over four stages, the server learns only the weighted mean).
 //!
 //! The wire protocol is `proto/fedprompt.proto` (package `fedprompt.v1`).
 

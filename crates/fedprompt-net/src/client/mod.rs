@@ -24,7 +24,8 @@ pub use session::{raw_client, update_messages, BearerAuth, RawClient};
 pub struct JoinSummary {
     /// The identity the server gave our token.
     pub client_id: String,
-    /// Training rounds whose update the server accepted.
+    /// Training rounds whose update the server accepted (with secure aggregation: whose
+    /// masked input it accepted; the round may still fail if too many others drop).
     pub rounds_trained: Vec<u64>,
     /// Evaluation rounds whose result the server accepted.
     pub evaluations: Vec<u64>,

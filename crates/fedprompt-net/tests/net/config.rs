@@ -185,3 +185,22 @@ fn compression_and_secure_aggregation_sections_parse_and_bad_combinations_are_re
         "{e}"
     );
 }
+
+#[test]
+fn the_documented_secure_aggregation_serve_file_parses_and_validates() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/secure-aggregation.md"
+    ))
+    .expect("docs/secure-aggregation.md");
+    let start = doc.find("## Over gRPC").expect("the gRPC section");
+    let block = &doc[start..];
+    let open = block.find("```toml\n").expect("toml block") + "```toml\n".len();
+    let len = block[open..].find("```").expect("end of block");
+    let cfg = ServeConfig::from_toml(&block[open..open + len]).unwrap();
+    cfg.validate().unwrap();
+    let sa = cfg.secure_aggregation.as_ref().unwrap();
+    assert_eq!((sa.threshold, sa.bits, sa.max_weight), (3, 32, 10_000));
+    assert_eq!(cfg.secagg_stage_deadline_s, 60.0);
+    assert!(cfg.compression.is_none());
+}
