@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{NetError, Result};
 
-/// Round-configuration key of a securely aggregated training round (a JSON [`SecAggTask`]).
+/// Round-configuration key of a securely aggregated training round: JSON
+/// `{"config": <the [secure_aggregation] table>, "uniform_weights": bool}`.
 pub const SECURE_AGGREGATION: &str = "secure_aggregation";
 
 /// What a client needs to take part in a securely aggregated round.
