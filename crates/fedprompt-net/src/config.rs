@@ -264,6 +264,15 @@ impl ServeConfig {
         Ok(())
     }
 
+    /// How clients upload their updates, for logs and the summary: `topk 10%+ef`,
+    /// `secagg 32 bits`...; `None` for plain f32 parameters.
+    pub fn uploads_label(&self) -> Option<String> {
+        if let Some(s) = &self.secure_aggregation {
+            return Some(format!("secagg {} bits", s.bits));
+        }
+        self.compression.map(|c| c.label())
+    }
+
     /// Checks `[compression]` and `[secure_aggregation]` and what they may be combined with.
     fn validate_transport(&self) -> Result<()> {
         if let Some(c) = &self.compression {

@@ -400,7 +400,10 @@ impl RoundClients for NetClients<'_> {
             outcome.n_ok,
             p.late,
             p.refused,
-            human(outcome.traffic.up),
+            match self.cfg.uploads_label() {
+                Some(u) => format!("{} ({u})", human(outcome.traffic.up)),
+                None => human(outcome.traffic.up),
+            },
             human(outcome.traffic.down),
             match &outcome.skipped {
                 None => "aggregated".to_string(),
@@ -611,6 +614,7 @@ fn drive_blocking(
         evaluations: report.evaluations,
         global: server.global().clone(),
         stats,
+        uploads: cfg.uploads_label(),
     })
 }
 

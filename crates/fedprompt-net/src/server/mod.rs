@@ -143,6 +143,9 @@ pub struct ServeSummary {
     pub global: Params,
     /// Counters.
     pub stats: ServerStats,
+    /// How the clients uploaded (`int8-rows`, `topk 10%+ef`, `secagg 32 bits`); `None`: plain
+    /// f32 parameters.
+    pub uploads: Option<String>,
 }
 
 /// Refuses a quorum that the clients of the tokens file can never meet (the server would wait
@@ -212,8 +215,12 @@ impl std::fmt::Display for ServeSummary {
         )?;
         writeln!(
             f,
-            "traffic: up {}, down {}; registrations: {}, refused tokens: {}, failed TLS handshakes: {}",
+            "traffic: up {}{}, down {}; registrations: {}, refused tokens: {}, failed TLS handshakes: {}",
             driver::human(st.bytes_up),
+            self.uploads
+                .as_ref()
+                .map(|u| format!(" ({u})"))
+                .unwrap_or_default(),
             driver::human(st.bytes_down),
             st.registrations,
             st.auth_refused,

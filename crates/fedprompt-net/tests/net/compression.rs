@@ -198,6 +198,8 @@ async fn compressed_uploads_are_decoded_averaged_counted_and_checked() {
     let diff = crate::federation::max_abs_diff(&summary.global, &replay.global);
     assert!(diff <= 1e-6, "max abs diff {diff}");
     assert_ne!(summary.global, fx.initial);
+    assert_eq!(summary.uploads.as_deref(), Some("topk 10%+ef"));
+    assert!(summary.to_string().contains("(topk 10%+ef)"), "{summary}");
     let st = &summary.stats;
     assert_eq!(
         st.refused.get(&RefusalKind::BadEncoding),
