@@ -85,6 +85,12 @@ impl SecAggRound {
         num_examples: u64,
         metrics: &Metrics,
     ) -> std::result::Result<(), (RefusalKind, Status)> {
+        if let Some(d) = self.dropped.get(id) {
+            return Err((
+                RefusalKind::Duplicate,
+                Status::already_exists(format!("client `{id}` is out of this round: {d}")),
+            ));
+        }
         if stage != self.stage {
             return Err((
                 RefusalKind::StaleRound,
@@ -96,14 +102,13 @@ impl SecAggRound {
             ));
         }
         if !self.pending.contains(id) {
-            let why = match self.dropped.get(id) {
-                Some(d) => format!("client `{id}` is out of this round: {d}"),
-                None => format!(
+            return Err((
+                RefusalKind::Duplicate,
+                Status::already_exists(format!(
                     "client `{id}` already answered, or is not part of, stage `{}`",
                     stage_name(stage)
-                ),
-            };
-            return Err((RefusalKind::Duplicate, Status::already_exists(why)));
+                )),
+            ));
         }
         let same = |sender: &str| -> std::result::Result<(), String> {
             if sender == id {

@@ -185,6 +185,53 @@ async fn hand_client(fx: &Fixture, port: u16, id: &str, index: usize, stop: Stop
     }
 }
 
+/// A client that breaks the protocol of a securely aggregated round: plain parameters, then
+/// keys in another client's name (which drops it), then another message (out of the round).
+async fn rogue(fx: &Fixture, port: u16) {
+    let mut c = raw_client(&join_config(fx, port, "r0")).await.unwrap();
+    c.register(proto::RegisterRequest {
+        protocol_version: proto::PROTOCOL_VERSION,
+        agent: "rogue".into(),
+    })
+    .await
+    .unwrap();
+    let got = next_task(&mut c).await;
+    assert_eq!(got.kind, TaskKind::Fit);
+    let round = got.round;
+    let plain = update_messages(round, 5, Default::default(), Bytes::from(got.payload), 1024);
+    let e = c
+        .submit_update(tokio_stream::iter(plain))
+        .await
+        .unwrap_err();
+    assert!(
+        e.message().contains("securely aggregated"),
+        "{}",
+        e.message()
+    );
+    let cfg = secagg_config(3);
+    let (_, mut adv) = SecAggClient::new("r0", &cfg, &mut rand::rng()).unwrap();
+    adv.client_id = "c0".into();
+    let send = |bytes: Vec<u8>| {
+        let mut m = update_messages(round, 5, Default::default(), Bytes::from(bytes), 1024);
+        if let Some(update_message::Body::Header(h)) = m[0].body.as_mut() {
+            h.secagg_stage = SecAggStage::AdvertiseKeys as i32;
+        }
+        m
+    };
+    let m = send(serde_json::to_vec(&adv).unwrap());
+    let e = c.submit_update(tokio_stream::iter(m)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        e.message().contains("names `c0` as its sender"),
+        "{}",
+        e.message()
+    );
+    adv.client_id = "r0".into();
+    let m = send(serde_json::to_vec(&adv).unwrap());
+    let e = c.submit_update(tokio_stream::iter(m)).await.unwrap_err();
+    assert!(e.message().contains("out of this round"), "{}", e.message());
+}
+
 /// Plain FedAvg of the deltas of `clients` (trainer index, in the sum) from `global`, in f64.
 fn plain_fedavg(global: &Params, round: u64, clients: &[usize]) -> Params {
     let deltas: Vec<(f64, Vec<f32>)> = clients
@@ -326,9 +373,9 @@ async fn secure_aggregation_equals_fedavg_and_the_server_holds_only_masked_vecto
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn clients_dropping_after_sharing_keys_or_during_unmasking_do_not_stop_the_round() {
     init_tracing();
-    let ids = ["c0", "c1", "c2", "c3", "d1", "d2"];
+    let ids = ["c0", "c1", "c2", "c3", "d1", "d2", "r0"];
     let fx = fixture(&ids);
-    let mut cfg = serve_config(&fx, 1, policy(6, 3, 1.0));
+    let mut cfg = serve_config(&fx, 1, policy(7, 3, 1.0));
     cfg.secure_aggregation = Some(secagg_config(3));
     cfg.secagg_stage_deadline_s = 1.5;
     let server = fedprompt_net::start(cfg).await.unwrap();
@@ -337,11 +384,13 @@ async fn clients_dropping_after_sharing_keys_or_during_unmasking_do_not_stop_the
     let clients: Vec<_> = (0..4)
         .map(|i| spawn_client(join_config(&fx, port, ids[i]), trainer(i)))
         .collect();
-    // d1 shares its keys and falls silent; d2 sends its masked input and falls silent.
-    let (fx1, fx2) = (&fx, &fx);
-    let (d1, d2) = tokio::join!(
+    // d1 shares its keys and falls silent; d2 sends its masked input and falls silent; r0
+    // breaks the protocol and is dropped at once.
+    let (fx1, fx2, fx3) = (&fx, &fx, &fx);
+    let (d1, d2, ()) = tokio::join!(
         hand_client(fx1, port, "d1", 4, StopAt::MaskedInput),
         hand_client(fx2, port, "d2", 5, StopAt::Unmask),
+        rogue(fx3, port),
     );
     assert!(d1.masked.is_empty());
     assert!(!d2.masked.is_empty());
@@ -358,7 +407,10 @@ async fn clients_dropping_after_sharing_keys_or_during_unmasking_do_not_stop_the
     else {
         unreachable!()
     };
-    assert_eq!((went_on, dropped), (5, vec!["d1".to_string()]));
+    assert_eq!(
+        (went_on, dropped),
+        (5, vec!["d1".to_string(), "r0".to_string()])
+    );
     let summary = server.wait().await.unwrap();
     for c in clients {
         let s = c.await.unwrap().unwrap();
@@ -368,12 +420,26 @@ async fn clients_dropping_after_sharing_keys_or_during_unmasking_do_not_stop_the
     assert!(o.aggregated, "{:?}", o.skipped);
     // d2's masked input is in the sum (its self-mask was recovered from its neighbours'
     // shares); d1's pairwise masks were removed with its recovered key.
-    assert_eq!((o.n_ok, o.n_failed), (5, 1), "{:?}", o.failures);
-    assert_eq!(o.failures[0].client_id, "d1");
+    assert_eq!((o.n_ok, o.n_failed), (5, 2), "{:?}", o.failures);
+    let why = |id: &str| {
+        o.failures
+            .iter()
+            .find(|f| f.client_id == id)
+            .map(|f| f.reason.clone())
+            .unwrap()
+    };
+    assert!(why("d1").contains("stage `masked input`"), "{}", why("d1"));
     assert!(
-        o.failures[0].reason.contains("masked input"),
+        why("r0").contains("names `c0` as its sender"),
         "{}",
-        o.failures[0].reason
+        why("r0")
+    );
+    assert_eq!(
+        summary
+            .stats
+            .refused
+            .get(&fedprompt_net::RefusalKind::SecAgg),
+        Some(&2)
     );
     let q = Quantiser::new(&d2.cfg, d2.roster_len).unwrap();
     let want = plain_fedavg(&fx.initial, 1, &[0, 1, 2, 3, 5]);
