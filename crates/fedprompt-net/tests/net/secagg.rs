@@ -80,6 +80,8 @@ async fn answer(c: &mut RawClient, round: u64, stage: SecAggStage, bytes: Vec<u8
 #[derive(Clone, Copy, PartialEq)]
 enum StopAt {
     Never,
+    /// Advertises keys, never shares them.
+    ShareKeys,
     /// Shares keys, never sends its masked input.
     MaskedInput,
     /// Sends its masked input, never answers the unmask request.
@@ -149,6 +151,9 @@ async fn hand_client(fx: &Fixture, port: u16, id: &str, index: usize, stop: Stop
                 let stage = SecAggStage::try_from(got.stage).unwrap();
                 let reply = match stage {
                     SecAggStage::ShareKeys => {
+                        if stop == StopAt::ShareKeys {
+                            return first.unwrap();
+                        }
                         let roster: Roster = serde_json::from_slice(&got.payload).unwrap();
                         if let Some(r) = first.as_mut().filter(|r| r.roster_len == 0) {
                             r.roster_len = roster.keys.len();
@@ -371,27 +376,29 @@ async fn secure_aggregation_equals_fedavg_and_the_server_holds_only_masked_vecto
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn clients_dropping_after_sharing_keys_or_during_unmasking_do_not_stop_the_round() {
+async fn clients_dropping_at_each_stage_do_not_stop_the_round() {
     init_tracing();
-    let ids = ["c0", "c1", "c2", "c3", "d1", "d2", "r0"];
+    let ids = ["c0", "c1", "c2", "c3", "c4", "d0", "d1", "d2", "r0"];
     let fx = fixture(&ids);
-    let mut cfg = serve_config(&fx, 1, policy(7, 3, 1.0));
-    cfg.secure_aggregation = Some(secagg_config(3));
+    let mut cfg = serve_config(&fx, 1, policy(9, 3, 1.0));
+    cfg.secure_aggregation = Some(secagg_config(4));
     cfg.secagg_stage_deadline_s = 1.5;
     let server = fedprompt_net::start(cfg).await.unwrap();
     let port = server.local_addr().port();
     let mut events = server.subscribe();
-    let clients: Vec<_> = (0..4)
+    let clients: Vec<_> = (0..5)
         .map(|i| spawn_client(join_config(&fx, port, ids[i]), trainer(i)))
         .collect();
-    // d1 shares its keys and falls silent; d2 sends its masked input and falls silent; r0
-    // breaks the protocol and is dropped at once.
-    let (fx1, fx2, fx3) = (&fx, &fx, &fx);
-    let (d1, d2, ()) = tokio::join!(
-        hand_client(fx1, port, "d1", 4, StopAt::MaskedInput),
-        hand_client(fx2, port, "d2", 5, StopAt::Unmask),
+    // d0 advertises keys and falls silent; d1 shares its keys and falls silent; d2 sends its
+    // masked input and falls silent; r0 breaks the protocol and is dropped at once.
+    let (fx0, fx1, fx2, fx3) = (&fx, &fx, &fx, &fx);
+    let (d0, d1, d2, ()) = tokio::join!(
+        hand_client(fx0, port, "d0", 5, StopAt::ShareKeys),
+        hand_client(fx1, port, "d1", 6, StopAt::MaskedInput),
+        hand_client(fx2, port, "d2", 7, StopAt::Unmask),
         rogue(fx3, port),
     );
+    assert_eq!(d0.roster_len, 0, "d0 never read the roster");
     assert!(d1.masked.is_empty());
     assert!(!d2.masked.is_empty());
     let masked_closed = crate::federation::next_event(
@@ -409,7 +416,10 @@ async fn clients_dropping_after_sharing_keys_or_during_unmasking_do_not_stop_the
     };
     assert_eq!(
         (went_on, dropped),
-        (5, vec!["d1".to_string(), "r0".to_string()])
+        (
+            6,
+            vec!["d0".to_string(), "d1".to_string(), "r0".to_string()]
+        )
     );
     let summary = server.wait().await.unwrap();
     for c in clients {
@@ -420,7 +430,7 @@ async fn clients_dropping_after_sharing_keys_or_during_unmasking_do_not_stop_the
     assert!(o.aggregated, "{:?}", o.skipped);
     // d2's masked input is in the sum (its self-mask was recovered from its neighbours'
     // shares); d1's pairwise masks were removed with its recovered key.
-    assert_eq!((o.n_ok, o.n_failed), (5, 2), "{:?}", o.failures);
+    assert_eq!((o.n_ok, o.n_failed), (6, 3), "{:?}", o.failures);
     let why = |id: &str| {
         o.failures
             .iter()
@@ -428,6 +438,7 @@ async fn clients_dropping_after_sharing_keys_or_during_unmasking_do_not_stop_the
             .map(|f| f.reason.clone())
             .unwrap()
     };
+    assert!(why("d0").contains("stage `share keys`"), "{}", why("d0"));
     assert!(why("d1").contains("stage `masked input`"), "{}", why("d1"));
     assert!(
         why("r0").contains("names `c0` as its sender"),
@@ -442,14 +453,14 @@ async fn clients_dropping_after_sharing_keys_or_during_unmasking_do_not_stop_the
         Some(&2)
     );
     let q = Quantiser::new(&d2.cfg, d2.roster_len).unwrap();
-    let want = plain_fedavg(&fx.initial, 1, &[0, 1, 2, 3, 5]);
+    let want = plain_fedavg(&fx.initial, 1, &[0, 1, 2, 3, 4, 7]);
     let diff = max_abs_diff(&summary.global, &want);
     assert!(
         diff <= q.error_bound(),
         "max abs diff {diff}, bound {}",
         q.error_bound()
     );
-    assert_eq!(summary.stats.late, 2, "one per stage missed");
+    assert_eq!(summary.stats.late, 3, "one per stage missed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
