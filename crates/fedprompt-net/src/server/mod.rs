@@ -307,6 +307,20 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer> {
     cfg.validate()?;
     let tokens = TokenStore::load(&cfg.tokens)?;
     check_quorum(&cfg.policy, tokens.client_ids().len(), &cfg.tokens)?;
+    if let Some(sa) = &cfg.secure_aggregation {
+        // A threshold that cannot work with a full round would fail every round.
+        let known = tokens.client_ids().len();
+        let m = cfg
+            .policy
+            .sampling(fedprompt_fl::Phase::Fit)
+            .num_sampled(known)?;
+        sa.validate_for(m).map_err(|e| {
+            NetError::Config(format!(
+                "[secure_aggregation] does not fit a round of {m} clients (the tokens file knows \
+                 {known}): {e}"
+            ))
+        })?;
+    }
     // DP and weight rules fail here, before anything is bound (the driver builds them again).
     privacy::accounting(&cfg, tokens.client_ids().len())?;
     privacy::client_weights(&cfg, &tokens.client_ids())?;

@@ -378,24 +378,24 @@ async fn secure_aggregation_equals_fedavg_and_the_server_holds_only_masked_vecto
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn clients_dropping_at_each_stage_do_not_stop_the_round() {
     init_tracing();
-    let ids = ["c0", "c1", "c2", "c3", "c4", "d0", "d1", "d2", "r0"];
+    let ids = ["c0", "c1", "c2", "c3", "c4", "c5", "d0", "d1", "d2", "r0"];
     let fx = fixture(&ids);
-    let mut cfg = serve_config(&fx, 1, policy(9, 3, 1.0));
-    cfg.secure_aggregation = Some(secagg_config(4));
+    let mut cfg = serve_config(&fx, 1, policy(10, 3, 1.0));
+    cfg.secure_aggregation = Some(secagg_config(5));
     cfg.secagg_stage_deadline_s = 1.5;
     let server = fedprompt_net::start(cfg).await.unwrap();
     let port = server.local_addr().port();
     let mut events = server.subscribe();
-    let clients: Vec<_> = (0..5)
+    let clients: Vec<_> = (0..6)
         .map(|i| spawn_client(join_config(&fx, port, ids[i]), trainer(i)))
         .collect();
     // d0 advertises keys and falls silent; d1 shares its keys and falls silent; d2 sends its
     // masked input and falls silent; r0 breaks the protocol and is dropped at once.
     let (fx0, fx1, fx2, fx3) = (&fx, &fx, &fx, &fx);
     let (d0, d1, d2, ()) = tokio::join!(
-        hand_client(fx0, port, "d0", 5, StopAt::ShareKeys),
-        hand_client(fx1, port, "d1", 6, StopAt::MaskedInput),
-        hand_client(fx2, port, "d2", 7, StopAt::Unmask),
+        hand_client(fx0, port, "d0", 6, StopAt::ShareKeys),
+        hand_client(fx1, port, "d1", 7, StopAt::MaskedInput),
+        hand_client(fx2, port, "d2", 8, StopAt::Unmask),
         rogue(fx3, port),
     );
     assert_eq!(d0.roster_len, 0, "d0 never read the roster");
@@ -417,7 +417,7 @@ async fn clients_dropping_at_each_stage_do_not_stop_the_round() {
     assert_eq!(
         (went_on, dropped),
         (
-            6,
+            7,
             vec!["d0".to_string(), "d1".to_string(), "r0".to_string()]
         )
     );
@@ -430,7 +430,7 @@ async fn clients_dropping_at_each_stage_do_not_stop_the_round() {
     assert!(o.aggregated, "{:?}", o.skipped);
     // d2's masked input is in the sum (its self-mask was recovered from its neighbours'
     // shares); d1's pairwise masks were removed with its recovered key.
-    assert_eq!((o.n_ok, o.n_failed), (6, 3), "{:?}", o.failures);
+    assert_eq!((o.n_ok, o.n_failed), (7, 3), "{:?}", o.failures);
     let why = |id: &str| {
         o.failures
             .iter()
@@ -453,7 +453,7 @@ async fn clients_dropping_at_each_stage_do_not_stop_the_round() {
         Some(&2)
     );
     let q = Quantiser::new(&d2.cfg, d2.roster_len).unwrap();
-    let want = plain_fedavg(&fx.initial, 1, &[0, 1, 2, 3, 4, 7]);
+    let want = plain_fedavg(&fx.initial, 1, &[0, 1, 2, 3, 4, 5, 8]);
     let diff = max_abs_diff(&summary.global, &want);
     assert!(
         diff <= q.error_bound(),
@@ -495,4 +495,18 @@ async fn too_many_dropouts_fail_the_round_with_the_cores_reason() {
     // Nothing was aggregated: the checkpoint still holds the initial parameters.
     let ckpt = ServerState::load_checkpoint(fx.dir.path().join("checkpoint.safetensors")).unwrap();
     assert_eq!(ckpt.global, fx.initial);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_threshold_that_cannot_fit_a_full_round_is_refused_at_start() {
+    let ids = ["c0", "c1", "c2", "c3", "c4", "c5", "c6"];
+    let fx = fixture(&ids);
+    let mut cfg = serve_config(&fx, 1, policy(7, 3, 1.0));
+    // 7 clients, every other one a neighbour: k = 6, so the threshold must be at least 4.
+    cfg.secure_aggregation = Some(secagg_config(3));
+    let e = fedprompt_net::start(cfg).await.unwrap_err().to_string();
+    assert!(
+        e.contains("round of 7 clients") && e.contains("use at least 4"),
+        "{e}"
+    );
 }
