@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+use crate::codec::Codec;
 use crate::comm::{CommLedger, Traffic};
 use crate::error::{FlError, Result};
 use crate::params::{Layout, Params};
@@ -130,6 +131,20 @@ impl<R> RoundCollector<R> {
         Ok(())
     }
 
+    /// Records `bytes` received from a selected client outside a submission (the messages of
+    /// a multi-stage exchange such as secure aggregation), so the ledger counts them.
+    pub fn record_received(&mut self, client_id: &str, bytes: u64) -> Result<()> {
+        if !self.selected.contains(client_id) {
+            return Err(FlError::UnknownClient {
+                client_id: client_id.to_string(),
+                round: self.plan.round,
+            });
+        }
+        self.ledger
+            .record_up(self.plan.round, self.plan.phase, client_id, bytes);
+        Ok(())
+    }
+
     /// Records that a selected client failed (timeout, disconnect, error).
     pub fn fail(&mut self, client_id: &str, reason: impl Into<String>) -> Result<()> {
         self.check_client(client_id)?;
@@ -219,6 +234,62 @@ impl FitRound {
                     bytes.len() as u64,
                 );
                 let e = FlError::invalid_update(client_id, source);
+                self.failures.push(Failure::new(client_id, e.to_string()));
+                Err(e)
+            }
+        }
+    }
+
+    /// Accepts a compressed update as it came over the wire: `bytes` is the client's delta
+    /// from `global` encoded with `codec` (see [`crate::codec`]); the update submitted is
+    /// `global + decode(bytes)`, and `bytes.len()` is counted as the upload.
+    ///
+    /// Bytes that are not a valid `codec` encoding of the round's layout (another codec's
+    /// tag, plain parameters, a wrong tensor...) are recorded as the client's failure and
+    /// returned as [`FlError::Codec`] naming the client and the codec expected.
+    pub fn submit_encoded(
+        &mut self,
+        client_id: &str,
+        bytes: &[u8],
+        codec: &Codec,
+        global: &Params,
+        num_examples: u64,
+        metrics: Metrics,
+    ) -> Result<()> {
+        self.check_client(client_id)?;
+        let decoded = codec.decode(bytes, &self.layout).and_then(|delta| {
+            let mut params = global.clone();
+            params.add_scaled(&delta, 1.0)?;
+            Ok(params)
+        });
+        match decoded {
+            Ok(params) => self.submit(
+                ClientUpdate {
+                    client_id: client_id.to_string(),
+                    params,
+                    num_examples,
+                    metrics,
+                },
+                bytes.len() as u64,
+            ),
+            Err(e) => {
+                self.answered.insert(client_id.to_string());
+                self.ledger.record_up(
+                    self.plan.round,
+                    self.plan.phase,
+                    client_id,
+                    bytes.len() as u64,
+                );
+                let why = match e {
+                    FlError::Codec(m) => m,
+                    e => e.to_string(),
+                };
+                let e = FlError::Codec(format!(
+                    "client `{client_id}` sent an update that is not a `{}` encoding of the \
+                     round's delta ({why}); this round's uploads must be encoded with `{}`",
+                    codec.name(),
+                    codec.name()
+                ));
                 self.failures.push(Failure::new(client_id, e.to_string()));
                 Err(e)
             }

@@ -347,3 +347,51 @@ fn errors_print_their_cause_once() {
     }
     assert_eq!(chain.matches("No such file").count(), 1, "{chain}");
 }
+
+#[test]
+fn encoded_updates_are_decoded_onto_the_global_and_bad_encodings_fail_their_client() {
+    use fedprompt_fl::codec::Codec;
+    let mut server = fedavg_server(RoundPolicy::default());
+    let pool = clients(3);
+    let mut fit = server.begin_fit(&pool).unwrap();
+    let global = server.global().clone();
+    let local = local_train(&global, "c1", 1);
+    let delta = local.sub(&global).unwrap();
+    let codec = Codec::Int8;
+    let bytes = codec.encode(&delta).unwrap();
+    fit.submit_encoded("c0", &bytes, &codec, &global, 10, BTreeMap::new())
+        .unwrap();
+    // What was submitted is global + decode(bytes), within int8's half step of the delta.
+    let mut want = global.clone();
+    want.add_scaled(&codec.decode(&bytes, &global.layout()).unwrap(), 1.0)
+        .unwrap();
+    assert_eq!(fit.results()[0].params, want);
+    // Another codec's encoding, and plain parameters: refused, naming the codec expected.
+    let f16 = Codec::F16.encode(&delta).unwrap();
+    let e = fit
+        .submit_encoded("c1", &f16, &codec, &global, 10, BTreeMap::new())
+        .unwrap_err();
+    assert!(
+        matches!(e, FlError::Codec(ref m) if m.contains("`c1`") && m.contains("`int8`")),
+        "{e}"
+    );
+    let plain = local.to_safetensors().unwrap();
+    assert!(fit
+        .submit_encoded("c2", &plain, &codec, &global, 10, BTreeMap::new())
+        .is_err());
+    assert!(fit.is_complete());
+    assert_eq!(fit.failures().len(), 2);
+    // Every upload's bytes are counted, refused ones too; record_received adds more.
+    let outcome = server.finish_fit(fit).unwrap();
+    assert_eq!(
+        outcome.traffic.up,
+        (bytes.len() + f16.len() + plain.len()) as u64
+    );
+    let mut fit = server.begin_fit(&pool).unwrap();
+    fit.record_received("c0", 77).unwrap();
+    assert!(fit.record_received("intruder", 1).is_err());
+    for c in pool {
+        fit.fail(&c, "test").unwrap();
+    }
+    assert_eq!(server.finish_fit(fit).unwrap().traffic.up, 77);
+}

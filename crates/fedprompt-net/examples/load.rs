@@ -135,6 +135,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         linger_s: 5.0,
         privacy: None,
         weights: Default::default(),
+        compression: None,
+        secure_aggregation: None,
+        secagg_stage_deadline_s: 60.0,
     };
     let cfg_path = dir.path().join("federation.toml");
     std::fs::write(&cfg_path, toml::to_string(&cfg)?)?;

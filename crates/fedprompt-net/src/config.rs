@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fedprompt_fl::codec::Compression;
 use fedprompt_fl::privacy::PrivacyConfig;
+use fedprompt_fl::secagg::SecAggConfig;
 use fedprompt_fl::{ClientConfig, ClientWeights, RoundPolicy, StrategyConfig};
 pub use fedprompt_train::ModelSpec;
 use serde::{Deserialize, Serialize};
@@ -24,6 +26,9 @@ fn d_linger() -> f64 {
     5.0
 }
 fn d_liveness() -> f64 {
+    60.0
+}
+fn d_stage_deadline() -> f64 {
     60.0
 }
 fn d_chunk() -> u64 {
@@ -122,6 +127,25 @@ pub struct ServeConfig {
     /// `declared = { client = examples }` for clients of the tokens file, `uniform`).
     #[serde(default)]
     pub weights: ClientWeights,
+    /// Compressed uploads (`[compression]`: `codec = { type = "f16" | "int8" | "int8-rows" |
+    /// "topk", fraction = … }`, `error_feedback`), as the simulator's
+    /// `[federation.compression]`: each selected client uploads its delta from the global
+    /// encoded with this codec. See docs/compression.md.
+    #[serde(default)]
+    pub compression: Option<Compression>,
+    /// Secure aggregation (`[secure_aggregation]`: `threshold`, `neighbours`, `clip_range`,
+    /// `bits`, `max_weight`, `rounding`), as the simulator's
+    /// `[federation.secure_aggregation]`: the server learns only the weighted sum of each
+    /// round's updates. Not with `[compression]`, nor with the `median`, `trimmed-mean` or
+    /// `dpfedavg` strategies. See docs/secure-aggregation.md.
+    #[serde(default)]
+    pub secure_aggregation: Option<SecAggConfig>,
+    /// With `[secure_aggregation]`: seconds each stage after the first (share keys, masked
+    /// input, unmask) waits for its clients; one that does not answer in time is dropped
+    /// for the rest of the round. The first stage (training, then advertising keys) has
+    /// `round_deadline_s`.
+    #[serde(default = "d_stage_deadline")]
+    pub secagg_stage_deadline_s: f64,
 }
 
 fn default_strategy() -> StrategyConfig {
@@ -205,6 +229,11 @@ impl ServeConfig {
             return Err(NetError::Config("round_deadline_s must be positive".into()));
         }
         secs("gather_s", self.gather_s)?;
+        if secs("secagg_stage_deadline_s", self.secagg_stage_deadline_s)?.is_zero() {
+            return Err(NetError::Config(
+                "secagg_stage_deadline_s must be positive".into(),
+            ));
+        }
         secs("linger_s", self.linger_s)?;
         if secs("liveness_s", self.liveness_s)?.is_zero() {
             return Err(NetError::Config("liveness_s must be positive".into()));
@@ -231,7 +260,70 @@ impl ServeConfig {
             }
         }
         self.policy.validate()?;
+        self.validate_transport()?;
         Ok(())
+    }
+
+    /// How clients upload their updates, for logs and the summary: `topk 10%+ef`,
+    /// `secagg 32 bits`...; `None` for plain f32 parameters.
+    pub fn uploads_label(&self) -> Option<String> {
+        if let Some(s) = &self.secure_aggregation {
+            return Some(format!("secagg {} bits", s.bits));
+        }
+        self.compression.map(|c| c.label())
+    }
+
+    /// Checks `[compression]` and `[secure_aggregation]` and what they may be combined with.
+    fn validate_transport(&self) -> Result<()> {
+        if let Some(c) = &self.compression {
+            c.codec
+                .validate()
+                .map_err(|e| NetError::Config(format!("[compression]: {e}")))?;
+        }
+        let Some(s) = &self.secure_aggregation else {
+            return Ok(());
+        };
+        s.validate()
+            .map_err(|e| NetError::Config(format!("[secure_aggregation]: {e}")))?;
+        if !s.simulate_dropouts.is_none() {
+            return Err(NetError::Config(
+                "[secure_aggregation] simulate_dropouts is for the simulator only: over the \
+                 network, clients drop out for real (a stage deadline drops them)"
+                    .into(),
+            ));
+        }
+        if self.weights.max_examples_per_client.is_some() || !self.weights.declared.is_empty() {
+            return Err(NetError::Config(
+                "[weights] max_examples_per_client / declared cannot be applied with \
+                 [secure_aggregation]: the weights travel inside the masked vectors, which the \
+                 server cannot read; cap them with [secure_aggregation] max_weight instead \
+                 ([weights] uniform = true is honoured)"
+                    .into(),
+            ));
+        }
+        if self.compression.is_some() {
+            return Err(NetError::Config(
+                "[secure_aggregation] and [compression] cannot be combined: masked vectors are \
+                 uniformly random and do not compress; choose one"
+                    .into(),
+            ));
+        }
+        // The server of a securely aggregated round sees only the sum: it cannot clip each
+        // update (central DP) nor take medians or trimmed means of them.
+        match &self.strategy {
+            StrategyConfig::DpFedAvg { .. } => Err(NetError::Config(
+                "[secure_aggregation] cannot be combined with central DP (strategy dpfedavg): \
+                 the server never sees the individual updates it would clip; use local DP \
+                 ([privacy.local]) with secure aggregation"
+                    .into(),
+            )),
+            StrategyConfig::Median | StrategyConfig::TrimmedMean { .. } => Err(NetError::Config(
+                "[secure_aggregation] cannot be combined with the median or trimmed-mean \
+                     strategies: they need the individual updates, which the server never sees"
+                    .into(),
+            )),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -84,6 +84,18 @@ pub enum Event {
         /// The sampled clients.
         clients: Vec<String>,
     },
+    /// A stage of a securely aggregated round closed (no values: who goes on, who dropped).
+    SecAggStage {
+        /// Round number.
+        round: u64,
+        /// The stage that closed (`advertise keys`, `share keys`, `masked input`, `unmask`).
+        stage: String,
+        /// Clients that answered it and go on (after `unmask`: the survivors whose masked
+        /// input is in the sum).
+        clients: usize,
+        /// Clients dropped from the round so far.
+        dropped: Vec<String>,
+    },
     /// A training round closed.
     Round {
         /// Round number.

@@ -9,6 +9,9 @@
 //!   ([`ModelTrainer`] for the real model): only the trainable set, the
 //!   example count and metrics leave the machine.
 //! * [`devcerts::generate`] makes a development CA, certificates and tokens.
+//! * Optional: compressed uploads (`[compression]`: clients send their delta encoded with a
+//!   `fedprompt_fl::codec` codec) and secure aggregation (`[secure_aggregation]`: each
+//!   training round runs SecAgg+ over four stages, the server learns only the weighted mean).
 //!
 //! The wire protocol is `proto/fedprompt.proto` (package `fedprompt.v1`).
 
@@ -21,9 +24,11 @@ pub mod devcerts;
 mod error;
 mod events;
 pub mod proto;
+mod secagg_wire;
 mod server;
 pub mod tls;
 mod transfer;
+mod upload;
 
 pub use client::{
     join, join_async, raw_client, update_messages, BearerAuth, JoinSummary, RawClient,
@@ -37,5 +42,7 @@ pub use fedprompt_train::client::{
     Task, TrainerError,
 };
 pub use fedprompt_train::ModelSpec;
+pub use secagg_wire::SECURE_AGGREGATION;
 pub use server::{serve, start, RefusalKind, RunningServer, ServeSummary, ServerStats, StopHandle};
 pub use tls::{ClientTlsConfig, ServerTlsConfig};
+pub use upload::UPDATE_ENCODING;

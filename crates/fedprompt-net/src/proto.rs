@@ -6,8 +6,14 @@ tonic::include_proto!("fedprompt.v1");
 
 use fedprompt_fl::{ClientConfig, ConfigValue as FlValue};
 
-/// Protocol version spoken by this build.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Protocol version spoken by this build: 2 adds compressed uploads (the `update_encoding`
+/// round-configuration key) and secure aggregation (the `TASK_KIND_SECAGG_*` tasks and the
+/// `SecAggReply` call).
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The oldest version a server accepts from clients when its run uses neither compression
+/// nor secure aggregation (version 1 clients upload plain parameters only).
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
 
 /// Converts a round configuration to its wire form.
 pub fn config_to_wire(config: &ClientConfig) -> std::collections::BTreeMap<String, ConfigValue> {

@@ -57,7 +57,7 @@ pub struct SecAggConfig {
     /// Rounding of values to levels (`"nearest"` or `"stochastic"`, default nearest).
     #[serde(default)]
     pub rounding: Rounding,
-    /// Simulation only (the in-process simulator; a networked server ignores it): clients
+    /// Simulation only (the in-process simulator; `fedprompt serve` refuses it): clients
     /// made to drop out of every round after each stage.
     #[serde(default, skip_serializing_if = "SimulatedDropouts::is_none")]
     pub simulate_dropouts: SimulatedDropouts,

@@ -2,6 +2,7 @@
 //! reconnects with backoff when the server goes away.
 
 mod backoff;
+mod secagg;
 mod session;
 
 use std::time::Duration;
@@ -23,7 +24,8 @@ pub use session::{raw_client, update_messages, BearerAuth, RawClient};
 pub struct JoinSummary {
     /// The identity the server gave our token.
     pub client_id: String,
-    /// Training rounds whose update the server accepted.
+    /// Training rounds whose update the server accepted (with secure aggregation: whose
+    /// masked input it accepted; the round may still fail if too many others drop).
     pub rounds_trained: Vec<u64>,
     /// Evaluation rounds whose result the server accepted.
     pub evaluations: Vec<u64>,
@@ -113,6 +115,9 @@ async fn join_loop<T: LocalTrainer + ?Sized>(
     let wait = secs("poll_wait_s", cfg.poll_wait_s)?;
     let mut backoff = Backoff::new(cfg)?;
     let mut pending: Option<(Outgoing, u32)> = None;
+    let mut encoder = crate::upload::Encoder::default();
+    // The securely aggregated round this client is in, if any.
+    let mut secagg: Option<secagg::Pending> = None;
     loop {
         if session.is_none() {
             match connect(cfg).await {
@@ -163,6 +168,7 @@ async fn join_loop<T: LocalTrainer + ?Sized>(
             let (phase, round) = match &out {
                 Outgoing::Fit { round, .. } => ("update", *round),
                 Outgoing::Eval { round, .. } => ("evaluation", *round),
+                Outgoing::SecAgg { round, .. } => ("secure-aggregation message", *round),
             };
             match deliver(s, &out).await {
                 Delivery::Accepted(n) => {
@@ -171,11 +177,21 @@ async fn join_loop<T: LocalTrainer + ?Sized>(
                     match out {
                         Outgoing::Fit { .. } => summary.rounds_trained.push(round),
                         Outgoing::Eval { .. } => summary.evaluations.push(round),
+                        // The masked input is the update: from now on it is in the sum.
+                        Outgoing::SecAgg { stage, .. } => {
+                            if stage == proto::SecAggStage::MaskedInput {
+                                summary.rounds_trained.push(round);
+                            }
+                        }
                     }
                 }
                 Delivery::Refused(m) => {
                     warn!("the server refused our {phase} for round {round}: {m}");
                     summary.refused.push(m);
+                    if matches!(out, Outgoing::SecAgg { .. }) {
+                        // This client is out of the round.
+                        secagg = None;
+                    }
                 }
                 Delivery::Fatal(e) => return Err(e),
                 Delivery::Retry(m) => {
@@ -204,6 +220,43 @@ async fn join_loop<T: LocalTrainer + ?Sized>(
                 summary.finished = true;
                 return Ok(());
             }
+            Ok(Received::SecAgg {
+                round,
+                stage,
+                message,
+            }) => {
+                let Some(state) = secagg.as_mut().filter(|p| p.round == round) else {
+                    warn!(
+                        "round {round}: a secure-aggregation task of stage {stage:?} for a \
+                         round this client is not in (restarted?); not answering"
+                    );
+                    continue;
+                };
+                match secagg::answer(state, stage, &message) {
+                    Ok(bytes) => {
+                        pending = Some((
+                            Outgoing::SecAgg {
+                                round,
+                                stage,
+                                bytes: bytes::Bytes::from(bytes),
+                                num_examples: 0,
+                                metrics: Default::default(),
+                            },
+                            0,
+                        ));
+                        if stage == proto::SecAggStage::Unmask {
+                            secagg = None;
+                        }
+                    }
+                    Err(why) => {
+                        warn!(
+                            "round {round}: secure aggregation stage {stage:?} failed here: \
+                             {why}; this client drops out of the round"
+                        );
+                        secagg = None;
+                    }
+                }
+            }
             Ok(Received::Work {
                 kind,
                 round,
@@ -220,6 +273,20 @@ async fn join_loop<T: LocalTrainer + ?Sized>(
                     model: spec.as_ref(),
                 };
                 let out = if kind == TaskKind::Fit {
+                    let asked = crate::upload::requested(&config)
+                        .and_then(|e| Ok((e, crate::secagg_wire::requested(&config)?)));
+                    let (encoding, secure) = match asked {
+                        Ok(x) => x,
+                        Err(e) => {
+                            let _ = s
+                                .client
+                                .leave(proto::LeaveRequest {
+                                    reason: "unsupported round settings".into(),
+                                })
+                                .await;
+                            return Err(e);
+                        }
+                    };
                     info!("round {round}: training locally");
                     let result = run_blocking(
                         || -> std::result::Result<_, fedprompt_train::TrainerError> {
@@ -250,7 +317,43 @@ async fn join_loop<T: LocalTrainer + ?Sized>(
                                 "the trainer returned unusable parameters: {e}"
                             ))
                         })?;
-                    Outgoing::Fit { round, result }
+                    if let Some(task) = &secure {
+                        // Securely aggregated: the update stays here until it is masked.
+                        let (state, msg) = secagg::start(
+                            &s.reg.client_id,
+                            task,
+                            round,
+                            &result.params,
+                            &global,
+                            result.num_examples,
+                        )?;
+                        secagg = Some(state);
+                        pending = Some((
+                            Outgoing::SecAgg {
+                                round,
+                                stage: proto::SecAggStage::AdvertiseKeys,
+                                bytes: bytes::Bytes::from(msg),
+                                num_examples: result.num_examples,
+                                metrics: result.metrics,
+                            },
+                            0,
+                        ));
+                        continue;
+                    }
+                    // The delta from the global, encoded as the round asks.
+                    let encoded = match &encoding {
+                        Some(c) => Some(bytes::Bytes::from(encoder.encode(
+                            c,
+                            &result.params,
+                            &global,
+                        )?)),
+                        None => None,
+                    };
+                    Outgoing::Fit {
+                        round,
+                        result,
+                        encoded,
+                    }
                 } else {
                     info!("evaluating the global parameters of round {round}");
                     let result = run_blocking(|| trainer.evaluate(&task))

@@ -224,6 +224,12 @@ pub(super) enum Received {
         global: Params,
         bytes: u64,
     },
+    /// A secure-aggregation stage: the server's message of `stage`.
+    SecAgg {
+        round: u64,
+        stage: proto::SecAggStage,
+        message: Vec<u8>,
+    },
 }
 
 pub(super) async fn get_task(
@@ -251,7 +257,7 @@ pub(super) async fn get_task(
     match kind {
         TaskKind::Wait => return Ok(Received::Wait(header.retry_after_ms)),
         TaskKind::Finished => return Ok(Received::Finished),
-        TaskKind::Fit | TaskKind::Evaluate => {}
+        TaskKind::Fit | TaskKind::Evaluate | TaskKind::Secagg => {}
         TaskKind::Unspecified => {
             return Err(Failure::Fatal(NetError::Protocol(format!(
                 "unknown task kind {}",
@@ -284,6 +290,19 @@ pub(super) async fn get_task(
         }
     }
     let buf = download.finish().map_err(broken)?;
+    if kind == TaskKind::Secagg {
+        let stage = proto::SecAggStage::try_from(header.secagg_stage).map_err(|_| {
+            Failure::Fatal(NetError::Protocol(format!(
+                "unknown secure-aggregation stage {}",
+                header.secagg_stage
+            )))
+        })?;
+        return Ok(Received::SecAgg {
+            round: header.round,
+            stage,
+            message: buf.to_vec(),
+        });
+    }
     let global = Params::from_safetensors(&buf).map_err(|e| {
         Failure::Fatal(NetError::Protocol(format!(
             "the global parameters are unreadable: {e}"
@@ -299,8 +318,24 @@ pub(super) async fn get_task(
 }
 
 pub(super) enum Outgoing {
-    Fit { round: u64, result: FitResult },
-    Eval { round: u64, result: EvalResult },
+    Fit {
+        round: u64,
+        result: FitResult,
+        /// The delta encoded as the round asked; `None`: plain f32 parameters.
+        encoded: Option<Bytes>,
+    },
+    Eval {
+        round: u64,
+        result: EvalResult,
+    },
+    /// A secure-aggregation answer: this client's message of `stage`.
+    SecAgg {
+        round: u64,
+        stage: proto::SecAggStage,
+        bytes: Bytes,
+        num_examples: u64,
+        metrics: Metrics,
+    },
 }
 
 /// The update messages for `bytes`: a header with the first chunk, then chunks.
@@ -321,6 +356,7 @@ pub fn update_messages(
         total_len: total,
         sha256,
         inline: pieces.next().unwrap_or_default(),
+        secagg_stage: 0,
     };
     std::iter::once(update_message::Body::Header(header))
         .chain(pieces.map(update_message::Body::Chunk))
@@ -337,10 +373,17 @@ pub(super) enum Delivery {
 
 pub(super) async fn deliver(s: &mut Session, out: &Outgoing) -> Delivery {
     let result = match out {
-        Outgoing::Fit { round, result } => {
-            let bytes = match result.params.to_safetensors() {
-                Ok(b) => Bytes::from(b),
-                Err(e) => return Delivery::Fatal(e.into()),
+        Outgoing::Fit {
+            round,
+            result,
+            encoded,
+        } => {
+            let bytes = match encoded {
+                Some(b) => b.clone(),
+                None => match result.params.to_safetensors() {
+                    Ok(b) => Bytes::from(b),
+                    Err(e) => return Delivery::Fatal(e.into()),
+                },
             };
             let n = bytes.len() as u64;
             let msgs = update_messages(
@@ -350,6 +393,32 @@ pub(super) async fn deliver(s: &mut Session, out: &Outgoing) -> Delivery {
                 bytes,
                 s.reg.max_chunk_bytes as usize,
             );
+            s.client
+                .submit_update(tokio_stream::iter(msgs))
+                .await
+                .map(|_| n)
+        }
+        Outgoing::SecAgg {
+            round,
+            stage,
+            bytes,
+            num_examples,
+            metrics,
+        } => {
+            let n = bytes.len() as u64;
+            let mut msgs = update_messages(
+                *round,
+                *num_examples,
+                metrics.clone(),
+                bytes.clone(),
+                s.reg.max_chunk_bytes as usize,
+            );
+            if let Some(proto::UpdateMessage {
+                body: Some(update_message::Body::Header(h)),
+            }) = msgs.first_mut()
+            {
+                h.secagg_stage = *stage as i32;
+            }
             s.client
                 .submit_update(tokio_stream::iter(msgs))
                 .await

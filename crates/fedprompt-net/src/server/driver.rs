@@ -15,7 +15,8 @@ use fedprompt_fl::{
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use super::state::{Collector, Current, Payload, Shared};
+use super::secagg::SecAggRun;
+use super::state::{Collector, Current, Decoding, Payload, Shared};
 use super::ServeSummary;
 use crate::config::{secs, InitialParams, ServeConfig};
 use crate::error::{NetError, Result};
@@ -126,6 +127,7 @@ async fn run_phase(
     shared: &Shared,
     collector: Collector,
     payload: Arc<Payload>,
+    decoding: Option<Arc<Decoding>>,
     config: &ClientConfig,
     deadline: Duration,
     stop: &mut watch::Receiver<bool>,
@@ -148,6 +150,8 @@ async fn run_phase(
             config: proto::config_to_wire(config),
             deadline: Instant::now() + deadline,
             refused: 0,
+            decoding,
+            secagg: None,
         });
     }
     shared.bump();
@@ -252,10 +256,18 @@ impl NetClients<'_> {
         let asked = collector.selected().len();
         let t0 = Instant::now();
         let payload = payload_of(global)?;
+        let decoding = match (&collector, &self.cfg.compression) {
+            (Collector::Fit(_), Some(c)) => Some(Arc::new(Decoding {
+                codec: c.codec,
+                global: global.clone(),
+            })),
+            _ => None,
+        };
         let closed = self.rt.block_on(run_phase(
             self.shared,
             collector,
             payload,
+            decoding,
             config,
             self.deadline,
             &mut self.stop,
@@ -267,6 +279,46 @@ impl NetClients<'_> {
             seconds: t0.elapsed().as_secs_f64(),
         };
         Ok((closed.collector, closed.stopped))
+    }
+}
+
+impl NetClients<'_> {
+    /// A securely aggregated training round (see [`super::secagg`]).
+    fn secagg_fit(
+        &mut self,
+        sa: &fedprompt_fl::secagg::SecAggConfig,
+        round: FitRound,
+        global: &Params,
+        config: &ClientConfig,
+    ) -> Result<Collected<FitRound>> {
+        let asked = round.plan().clients.len();
+        let r = round.plan().round.to_string();
+        let t0 = Instant::now();
+        let payload = payload_of(global)?;
+        let closed = SecAggRun {
+            rt: &self.rt,
+            shared: self.shared,
+            stop: &mut self.stop,
+            cfg: sa,
+            // Public: every client derives the same masking graph from it.
+            graph_seed: fedprompt_fl::derive_seed(self.cfg.policy.seed, &["secagg-graph", &r]),
+            round_deadline: self.deadline,
+            stage_deadline: secs("secagg_stage_deadline_s", self.cfg.secagg_stage_deadline_s)?,
+        }
+        .run(round, global, payload, config)?;
+        if !closed.stopped {
+            self.shared.lock().stats.late += closed.late as u64;
+        }
+        self.last = PhaseReport {
+            asked,
+            late: closed.late,
+            refused: closed.refused,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        Ok(Collected {
+            round: closed.fit,
+            stopped: closed.stopped,
+        })
     }
 }
 
@@ -315,6 +367,9 @@ impl RoundClients for NetClients<'_> {
             round.plan().clients.len(),
             self.shared.available().len()
         );
+        if let Some(sa) = &self.cfg.secure_aggregation {
+            return self.secagg_fit(sa, round, global, config);
+        }
         match self.phase(Collector::Fit(round), global, config)? {
             (Collector::Fit(round), stopped) => Ok(Collected { round, stopped }),
             _ => Err(NetError::Transport("round state mixed up".into())),
@@ -345,7 +400,10 @@ impl RoundClients for NetClients<'_> {
             outcome.n_ok,
             p.late,
             p.refused,
-            human(outcome.traffic.up),
+            match self.cfg.uploads_label() {
+                Some(u) => format!("{} ({u})", human(outcome.traffic.up)),
+                None => human(outcome.traffic.up),
+            },
             human(outcome.traffic.down),
             match &outcome.skipped {
                 None => "aggregated".to_string(),
@@ -490,7 +548,7 @@ fn drive_blocking(
     let rules = RunRules {
         rounds: cfg.rounds,
         evaluate_every: cfg.evaluate_every,
-        client_config: super::privacy::client_config(cfg),
+        client_config: super::privacy::client_config(cfg)?,
         privacy: privacy.clone(),
     };
     let linger_for = secs("linger_s", cfg.linger_s)?;
@@ -556,6 +614,7 @@ fn drive_blocking(
         evaluations: report.evaluations,
         global: server.global().clone(),
         stats,
+        uploads: cfg.uploads_label(),
     })
 }
 

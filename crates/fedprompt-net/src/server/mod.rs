@@ -14,6 +14,7 @@
 
 mod driver;
 mod privacy;
+mod secagg;
 mod service;
 mod state;
 mod tls_accept;
@@ -65,6 +66,11 @@ pub enum RefusalKind {
     InvalidParams,
     /// Too many, too long or non-finite metrics.
     BadMetrics,
+    /// Not an encoding in the round's codec (`[compression]`), or a malformed one.
+    BadEncoding,
+    /// A secure-aggregation message the core refused (malformed, wrong sender, out of
+    /// turn), or plain parameters in a securely aggregated round.
+    SecAgg,
 }
 
 impl RefusalKind {
@@ -80,6 +86,8 @@ impl RefusalKind {
             RefusalKind::Checksum => "checksum",
             RefusalKind::InvalidParams => "invalid_params",
             RefusalKind::BadMetrics => "bad_metrics",
+            RefusalKind::BadEncoding => "bad_encoding",
+            RefusalKind::SecAgg => "secagg",
         }
     }
 }
@@ -135,6 +143,9 @@ pub struct ServeSummary {
     pub global: Params,
     /// Counters.
     pub stats: ServerStats,
+    /// How the clients uploaded (`int8-rows`, `topk 10%+ef`, `secagg 32 bits`); `None`: plain
+    /// f32 parameters.
+    pub uploads: Option<String>,
 }
 
 /// Refuses a quorum that the clients of the tokens file can never meet (the server would wait
@@ -204,8 +215,12 @@ impl std::fmt::Display for ServeSummary {
         )?;
         writeln!(
             f,
-            "traffic: up {}, down {}; registrations: {}, refused tokens: {}, failed TLS handshakes: {}",
+            "traffic: up {}{}, down {}; registrations: {}, refused tokens: {}, failed TLS handshakes: {}",
             driver::human(st.bytes_up),
+            self.uploads
+                .as_ref()
+                .map(|u| format!(" ({u})"))
+                .unwrap_or_default(),
             driver::human(st.bytes_down),
             st.registrations,
             st.auth_refused,
@@ -292,6 +307,20 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer> {
     cfg.validate()?;
     let tokens = TokenStore::load(&cfg.tokens)?;
     check_quorum(&cfg.policy, tokens.client_ids().len(), &cfg.tokens)?;
+    if let Some(sa) = &cfg.secure_aggregation {
+        // A threshold that cannot work with a full round would fail every round.
+        let known = tokens.client_ids().len();
+        let m = cfg
+            .policy
+            .sampling(fedprompt_fl::Phase::Fit)
+            .num_sampled(known)?;
+        sa.validate_for(m).map_err(|e| {
+            NetError::Config(format!(
+                "[secure_aggregation] does not fit a round of {m} clients (the tokens file knows \
+                 {known}): {e}"
+            ))
+        })?;
+    }
     // DP and weight rules fail here, before anything is bound (the driver builds them again).
     privacy::accounting(&cfg, tokens.client_ids().len())?;
     privacy::client_weights(&cfg, &tokens.client_ids())?;
@@ -350,6 +379,12 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer> {
         max_chunk: cfg.max_chunk_bytes,
         max_update,
         liveness: secs("liveness_s", cfg.liveness_s)?,
+        needs_current_protocol: if cfg.secure_aggregation.is_some() {
+            Some("secure aggregation".into())
+        } else {
+            cfg.compression
+                .map(|c| format!("compressed uploads ({})", c.label()))
+        },
         tokens,
     });
     let known = shared.tokens.client_ids().len();

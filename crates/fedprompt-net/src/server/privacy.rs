@@ -18,8 +18,9 @@ pub(crate) fn accounting(cfg: &ServeConfig, known: usize) -> Result<Option<Priva
     Ok(privacy_accounting(&cfg.strategy, cfg.privacy.as_ref(), q)?)
 }
 
-/// The operator's `[client_config]` with the local-DP keys of `[privacy.local]` over it.
-pub(crate) fn client_config(cfg: &ServeConfig) -> ClientConfig {
+/// The operator's `[client_config]` with the local-DP keys of `[privacy.local]`, the
+/// settings of `[secure_aggregation]` and the upload encoding of `[compression]` over it.
+pub(crate) fn client_config(cfg: &ServeConfig) -> Result<ClientConfig> {
     let mut c = cfg.client_config.clone();
     if let Some(l) = cfg.privacy.as_ref().and_then(|p| p.local) {
         let keys = RoundConfig {
@@ -30,7 +31,20 @@ pub(crate) fn client_config(cfg: &ServeConfig) -> ClientConfig {
         .to_config();
         c.extend(keys);
     }
-    c
+    if let Some(sa) = &cfg.secure_aggregation {
+        let task = crate::secagg_wire::SecAggTask {
+            config: sa.clone(),
+            uniform_weights: cfg.weights.uniform
+                || cfg.privacy.as_ref().is_some_and(|p| p.local.is_some()),
+        };
+        let (k, v) = crate::secagg_wire::config_entry(&task)?;
+        c.insert(k, v);
+    }
+    if let Some(comp) = &cfg.compression {
+        let (k, v) = crate::upload::config_entry(comp)?;
+        c.insert(k, v);
+    }
+    Ok(c)
 }
 
 /// `[weights]`, checked against the tokens file's clients; uniform under local DP.

@@ -14,7 +14,8 @@ use super::state::{Collector, Current, PollGuard, Shared, UploadGuard};
 use super::RefusalKind;
 use crate::events::Event;
 use crate::proto::{
-    self, task_message, update_message, TaskHeader, TaskKind, TaskMessage, PROTOCOL_VERSION,
+    self, task_message, update_message, SecAggStage, TaskHeader, TaskKind, TaskMessage,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use crate::transfer::{self, Reassembly, TransferError};
 
@@ -166,15 +167,23 @@ impl Service {
         let st = &mut *guard;
         let max_chunk = self.shared.max_chunk as usize;
         let cur = st.current.as_mut()?;
-        if !cur.collector.pending().iter().any(|p| p == id) {
-            return None;
-        }
-        let payload = cur.payload.clone();
-        cur.collector.record_sent(id, payload.bytes.len() as u64);
-        let kind = match cur.collector.phase() {
+        let phase_kind = match cur.collector.phase() {
             Phase::Fit => TaskKind::Fit,
             Phase::Evaluate => TaskKind::Evaluate,
         };
+        // Securely aggregated: the FIT task first, then each stage's message.
+        let (kind, payload, secagg_stage) = match &cur.secagg {
+            Some(sa) if !sa.pending.contains(id) => return None,
+            Some(sa) if sa.stage != SecAggStage::AdvertiseKeys => (
+                TaskKind::Secagg,
+                sa.outbox.get(id)?.clone(),
+                sa.stage as i32,
+            ),
+            Some(_) => (phase_kind, cur.payload.clone(), 0),
+            None if !cur.collector.pending().iter().any(|p| p == id) => return None,
+            None => (phase_kind, cur.payload.clone(), 0),
+        };
+        cur.collector.record_sent(id, payload.bytes.len() as u64);
         let total = payload.bytes.len();
         let mut pieces = transfer::split(&payload.bytes, max_chunk);
         let header = TaskHeader {
@@ -189,6 +198,7 @@ impl Service {
                 .saturating_duration_since(Instant::now())
                 .as_millis() as u64,
             retry_after_ms: 0,
+            secagg_stage,
         };
         st.stats.bytes_down += total as u64;
         let out = std::iter::once(task_message::Body::Header(header))
@@ -196,6 +206,48 @@ impl Service {
             .map(|body| TaskMessage { body: Some(body) })
             .collect();
         Some(out)
+    }
+}
+
+impl Service {
+    /// A client's answer to a secure-aggregation stage, fed to the open round's core.
+    fn secagg_answer(
+        &self,
+        id: &str,
+        header: &proto::UpdateHeader,
+        buf: &[u8],
+    ) -> std::result::Result<Response<proto::SubmitReply>, Status> {
+        let sh = &self.shared;
+        let round = header.round;
+        let stage = SecAggStage::try_from(header.secagg_stage).unwrap_or(SecAggStage::Unspecified);
+        let result = {
+            let mut st = sh.lock();
+            match st.current.as_mut() {
+                Some(Current {
+                    collector: Collector::Fit(fit),
+                    secagg: Some(sa),
+                    ..
+                }) if fit.plan().round == round => {
+                    sa.receive(id, stage, buf, header.num_examples, &header.metrics)
+                }
+                _ => Err((
+                    RefusalKind::StaleRound,
+                    Status::failed_precondition(format!(
+                        "no securely aggregated round {round} is open (the server has \
+                         completed {} rounds)",
+                        st.completed_rounds
+                    )),
+                )),
+            }
+        };
+        sh.bump();
+        match result {
+            Ok(()) => Ok(Response::new(proto::SubmitReply {
+                accepted: true,
+                message: format!("secure-aggregation message of round {round} accepted"),
+            })),
+            Err((kind, status)) => Err(sh.refuse(id, round, kind, status)),
+        }
     }
 }
 
@@ -220,12 +272,25 @@ impl proto::federation_server::Federation for Service {
         let id = self.authenticate(&req)?;
         let peer = peer_of(&req);
         let r = req.into_inner();
-        if r.protocol_version != PROTOCOL_VERSION {
-            warn!(client = %id, "refused protocol version {}", r.protocol_version);
-            return Err(Status::failed_precondition(format!(
-                "protocol version {} is not supported: this server speaks version {PROTOCOL_VERSION}; upgrade fedprompt",
-                r.protocol_version
-            )));
+        let v = r.protocol_version;
+        let refusal = if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&v) {
+            Some(format!(
+                "protocol version {v} is not supported: this server speaks versions \
+                 {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}; use the same fedprompt version as the server"
+            ))
+        } else if v < PROTOCOL_VERSION {
+            self.shared.needs_current_protocol.as_ref().map(|feature| {
+                format!(
+                    "this run uses {feature}, which needs protocol version {PROTOCOL_VERSION}; \
+                     this client speaks version {v}: upgrade fedprompt"
+                )
+            })
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
+            warn!(client = %id, "refused protocol version {v}");
+            return Err(Status::failed_precondition(why));
         }
         self.shared.touch(&id);
         let completed = {
@@ -241,7 +306,7 @@ impl proto::federation_server::Federation for Service {
         self.shared.bump();
         Ok(Response::new(proto::RegisterReply {
             client_id: id,
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version: v,
             run_id: self.shared.run_id.clone(),
             max_chunk_bytes: self.shared.max_chunk,
             max_update_bytes: self.shared.max_update,
@@ -394,16 +459,42 @@ impl proto::federation_server::Federation for Service {
             Err(s) => return Err(stream_error(s, round)),
         }
         let buf = upload.finish().map_err(refused)?;
+        if header.secagg_stage != 0 {
+            return self.secagg_answer(&id, &header, &buf);
+        }
         // Submit to the open round, if it is still the same one.
         let result = {
             let mut st = sh.lock();
             match st.current.as_mut() {
                 Some(Current {
-                    collector: Collector::Fit(fit),
-                    ..
-                }) if fit.plan().round == round => {
-                    Some(fit.submit_bytes(&id, &buf, header.num_examples, header.metrics.clone()))
+                    secagg: Some(_), ..
+                }) => {
+                    drop(st);
+                    return Err(refuse(
+                        RefusalKind::SecAgg,
+                        Status::invalid_argument(format!(
+                            "round {round} is securely aggregated: answer its tasks with the \
+                             secure-aggregation messages they ask for, not parameters"
+                        )),
+                    ));
                 }
+                Some(Current {
+                    collector: Collector::Fit(fit),
+                    decoding,
+                    ..
+                }) if fit.plan().round == round => Some(match decoding {
+                    None => {
+                        fit.submit_bytes(&id, &buf, header.num_examples, header.metrics.clone())
+                    }
+                    Some(d) => fit.submit_encoded(
+                        &id,
+                        &buf,
+                        &d.codec,
+                        &d.global,
+                        header.num_examples,
+                        header.metrics.clone(),
+                    ),
+                }),
                 _ => None,
             }
         };
@@ -436,6 +527,10 @@ impl proto::federation_server::Federation for Service {
             Err(FlError::InvalidUpdate { cause, .. }) => Err(refuse(
                 RefusalKind::InvalidParams,
                 Status::invalid_argument(format!("update refused: {cause}")),
+            )),
+            Err(FlError::Codec(why)) => Err(refuse(
+                RefusalKind::BadEncoding,
+                Status::invalid_argument(format!("update refused: {why}")),
             )),
             Err(FlError::DuplicateClient { .. }) => Err(refuse(
                 RefusalKind::Duplicate,
@@ -535,8 +630,8 @@ impl proto::federation_server::Federation for Service {
                 c.away = true;
             }
             if let Some(cur) = st.current.as_mut() {
-                if cur.collector.pending().iter().any(|p| p == &id) {
-                    cur.collector.fail(&id, &format!("left: {reason}"));
+                if cur.pending().iter().any(|p| p == &id) {
+                    cur.fail(&id, &format!("left: {reason}"));
                 }
             }
         }

@@ -22,6 +22,13 @@ pub(super) struct Payload {
     pub(super) sha256: Bytes,
 }
 
+/// How the open training round's uploads are encoded (`[compression]`): the codec and the
+/// global the deltas are taken from.
+pub(super) struct Decoding {
+    pub(super) codec: fedprompt_fl::codec::Codec,
+    pub(super) global: fedprompt_fl::Params,
+}
+
 /// The open round of the federated core.
 pub(super) enum Collector {
     Fit(FitRound),
@@ -72,6 +79,28 @@ pub(super) struct Current {
     pub(super) config: BTreeMap<String, proto::ConfigValue>,
     pub(super) deadline: Instant,
     pub(super) refused: usize,
+    /// Set when uploads are compressed deltas.
+    pub(super) decoding: Option<Arc<Decoding>>,
+    /// Set when the round is securely aggregated.
+    pub(super) secagg: Option<super::secagg::SecAggRound>,
+}
+
+impl Current {
+    /// Clients the round (or, securely aggregated, its open stage) still waits for.
+    pub(super) fn pending(&self) -> Vec<String> {
+        match &self.secagg {
+            Some(sa) => sa.pending.iter().cloned().collect(),
+            None => self.collector.pending(),
+        }
+    }
+
+    /// Fails a client the round waits for (dropped from a securely aggregated round).
+    pub(super) fn fail(&mut self, id: &str, why: &str) {
+        match &mut self.secagg {
+            Some(sa) => sa.fail(id, why),
+            None => self.collector.fail(id, why),
+        }
+    }
 }
 
 /// What the server knows of one client.
@@ -108,6 +137,9 @@ pub(super) struct Shared {
     pub(super) max_chunk: u64,
     pub(super) max_update: u64,
     pub(super) liveness: Duration,
+    /// The feature of this run that older clients lack (`compressed uploads`...), if any:
+    /// then only clients of the current protocol version may register.
+    pub(super) needs_current_protocol: Option<String>,
 }
 
 impl Shared {
@@ -146,7 +178,7 @@ impl Shared {
             return Vec::new();
         };
         let mut gone = Vec::new();
-        for id in cur.collector.pending() {
+        for id in cur.pending() {
             let Some(c) = clients.get_mut(&id) else {
                 continue;
             };
@@ -158,8 +190,7 @@ impl Shared {
                 let secs = c
                     .last_seen
                     .map_or(0.0, |t| now.duration_since(t).as_secs_f64());
-                cur.collector
-                    .fail(&id, &format!("lost contact: nothing heard for {secs:.0} s"));
+                cur.fail(&id, &format!("lost contact: nothing heard for {secs:.0} s"));
                 c.away = true;
                 gone.push(id);
             }

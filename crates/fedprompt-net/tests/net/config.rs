@@ -121,3 +121,86 @@ fn devcerts_write_usable_credentials() {
     fedprompt_net::tls::client_config(&client).unwrap();
     assert!(fedprompt_net::devcerts::generate(dir.path(), &["bad id"]).is_err());
 }
+
+#[test]
+fn compression_and_secure_aggregation_sections_parse_and_bad_combinations_are_refused() {
+    let base = documented_example();
+    let with = |extra: &str| ServeConfig::from_toml(&format!("{base}\n{extra}"));
+    let c = with("[compression]\ncodec = { type = \"topk\", fraction = 0.1 }\n").unwrap();
+    c.validate().unwrap();
+    assert!(c.compression.unwrap().feedback(), "on by default for top-k");
+    let e = with("[compression]\ncodec = { type = \"topk\", fraction = 0.0 }\n")
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[compression]") && e.contains("fraction"), "{e}");
+    assert!(with("[compression]\ncodec = { type = \"int4\" }\n").is_err());
+
+    let secagg = "[secure_aggregation]\nthreshold = 2\nclip_range = 1.0\n";
+    let s = with(secagg).unwrap();
+    s.validate().unwrap();
+    assert_eq!(s.secure_aggregation.unwrap().bits, 32);
+    let refused = |cfg: &str, needle: &str| {
+        let e = with(cfg).unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains(needle), "{needle:?} not in {e}");
+    };
+    refused(
+        &format!("{secagg}[compression]\ncodec = {{ type = \"int8\" }}\n"),
+        "cannot be combined: masked vectors",
+    );
+    for (strategy, needle) in [
+        ("type = \"median\"", "median or trimmed-mean"),
+        (
+            "type = \"trimmed-mean\"\ntrim_fraction = 0.1",
+            "median or trimmed-mean",
+        ),
+        (
+            "type = \"dpfedavg\"\nclip_norm = 1.0\nnoise_multiplier = 1.0",
+            "central DP",
+        ),
+    ] {
+        let cfg = base.replace("type = \"fedavg\"", strategy);
+        let e = ServeConfig::from_toml(&format!("{cfg}\n{secagg}"));
+        match e {
+            Ok(c) => {
+                let e = c.validate().unwrap_err().to_string();
+                assert!(e.contains(needle), "{needle:?} not in {e}");
+            }
+            Err(e) => panic!("{strategy}: {e}"),
+        }
+    }
+    refused(
+        &format!("{secagg}simulate_dropouts = {{ after_sharing = 1 }}\n"),
+        "simulator only",
+    );
+    refused(
+        &format!("{secagg}\n[weights]\nmax_examples_per_client = 100\n"),
+        "max_weight",
+    );
+    let zero = ServeConfig::from_toml(&format!("secagg_stage_deadline_s = 0\n{base}\n{secagg}"));
+    let e = zero.unwrap().validate().unwrap_err().to_string();
+    assert!(
+        e.contains("secagg_stage_deadline_s must be positive"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_documented_secure_aggregation_serve_file_parses_and_validates() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/secure-aggregation.md"
+    ))
+    .expect("docs/secure-aggregation.md");
+    let start = doc.find("## Over gRPC").expect("the gRPC section");
+    let block = &doc[start..];
+    let open = block.find("```toml\n").expect("toml block") + "```toml\n".len();
+    let len = block[open..].find("```").expect("end of block");
+    let cfg = ServeConfig::from_toml(&block[open..open + len]).unwrap();
+    cfg.validate().unwrap();
+    let sa = cfg.secure_aggregation.as_ref().unwrap();
+    assert_eq!((sa.threshold, sa.bits, sa.max_weight), (3, 32, 10_000));
+    assert_eq!(cfg.secagg_stage_deadline_s, 60.0);
+    assert!(cfg.compression.is_none());
+}

@@ -17,7 +17,7 @@ use fedprompt_net::{
 };
 use tonic::Code;
 
-fn init_tracing() {
+pub(crate) fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -26,14 +26,14 @@ fn init_tracing() {
         .try_init();
 }
 
-struct Fixture {
-    dir: tempfile::TempDir,
-    certs: DevCerts,
-    initial: Params,
+pub(crate) struct Fixture {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) certs: DevCerts,
+    pub(crate) initial: Params,
 }
 
 /// 2059 values: beyond one 1 KiB chunk, so transfers are chunked.
-fn initial_params() -> Params {
+pub(crate) fn initial_params() -> Params {
     let mut p = Params::new();
     let v = |n: usize, s: f32| (0..n).map(|i| ((i as f32) * s).sin()).collect::<Vec<_>>();
     p.insert_vec("prompt", vec![4, 8], v(32, 0.3)).unwrap();
@@ -44,7 +44,7 @@ fn initial_params() -> Params {
     p
 }
 
-fn fixture(clients: &[&str]) -> Fixture {
+pub(crate) fn fixture(clients: &[&str]) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let certs = devcerts::generate(&dir.path().join("certs"), clients).unwrap();
     let initial = initial_params();
@@ -60,7 +60,7 @@ fn fixture(clients: &[&str]) -> Fixture {
     }
 }
 
-fn policy(min_available: usize, min_results: usize, fraction: f64) -> RoundPolicy {
+pub(crate) fn policy(min_available: usize, min_results: usize, fraction: f64) -> RoundPolicy {
     RoundPolicy {
         fraction_fit: fraction,
         fraction_evaluate: 1.0,
@@ -75,7 +75,7 @@ fn policy(min_available: usize, min_results: usize, fraction: f64) -> RoundPolic
     }
 }
 
-fn serve_config(fx: &Fixture, rounds: u64, policy: RoundPolicy) -> ServeConfig {
+pub(crate) fn serve_config(fx: &Fixture, rounds: u64, policy: RoundPolicy) -> ServeConfig {
     let d = fx.dir.path();
     ServeConfig {
         address: "127.0.0.1:0".into(),
@@ -107,10 +107,13 @@ fn serve_config(fx: &Fixture, rounds: u64, policy: RoundPolicy) -> ServeConfig {
         linger_s: 2.0,
         privacy: None,
         weights: Default::default(),
+        compression: None,
+        secure_aggregation: None,
+        secagg_stage_deadline_s: 60.0,
     }
 }
 
-fn join_config(fx: &Fixture, port: u16, id: &str) -> JoinConfig {
+pub(crate) fn join_config(fx: &Fixture, port: u16, id: &str) -> JoinConfig {
     let c = &fx.certs.clients[id];
     JoinConfig {
         server: format!("https://localhost:{port}"),
@@ -128,7 +131,7 @@ fn join_config(fx: &Fixture, port: u16, id: &str) -> JoinConfig {
     }
 }
 
-fn trainer(i: usize) -> DeterministicTrainer {
+pub(crate) fn trainer(i: usize) -> DeterministicTrainer {
     DeterministicTrainer::new(i as u64, 10 * (i as u64 + 1))
 }
 
@@ -166,7 +169,7 @@ fn reference(
     s.global().clone()
 }
 
-fn max_abs_diff(a: &Params, b: &Params) -> f32 {
+pub(crate) fn max_abs_diff(a: &Params, b: &Params) -> f32 {
     assert!(a.same_layout(b), "layouts differ");
     a.iter()
         .flat_map(|(n, t)| {
@@ -180,14 +183,14 @@ fn max_abs_diff(a: &Params, b: &Params) -> f32 {
         .fold(0.0, f32::max)
 }
 
-fn spawn_client(
+pub(crate) fn spawn_client(
     cfg: JoinConfig,
     mut t: DeterministicTrainer,
 ) -> tokio::task::JoinHandle<fedprompt_net::Result<fedprompt_net::JoinSummary>> {
     tokio::spawn(async move { join_async(cfg, &mut t).await })
 }
 
-async fn next_event(
+pub(crate) async fn next_event(
     rx: &mut tokio::sync::broadcast::Receiver<Event>,
     pred: impl Fn(&Event) -> bool,
 ) -> Event {
@@ -204,7 +207,7 @@ async fn next_event(
     .expect("event did not come in time")
 }
 
-fn events_in(path: &Path) -> Vec<serde_json::Value> {
+pub(crate) fn events_in(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
@@ -449,7 +452,7 @@ async fn resume_from_checkpoint_equals_an_uninterrupted_run() {
 }
 
 /// Waits for a fit task and returns its round.
-async fn fit_round(c: &mut RawClient) -> Option<u64> {
+pub(crate) async fn fit_round(c: &mut RawClient) -> Option<u64> {
     loop {
         let mut s = c
             .get_task(proto::TaskRequest { wait_ms: 5000 })
@@ -471,7 +474,7 @@ async fn fit_round(c: &mut RawClient) -> Option<u64> {
     }
 }
 
-async fn send(
+pub(crate) async fn send(
     c: &mut RawClient,
     msgs: Vec<proto::UpdateMessage>,
 ) -> Result<proto::SubmitReply, tonic::Status> {
@@ -515,7 +518,7 @@ fn f64_safetensors(p: &Params) -> Vec<u8> {
     safetensors::serialize(views, None).unwrap()
 }
 
-fn expect(r: Result<proto::SubmitReply, tonic::Status>, code: Code, what: &str) {
+pub(crate) fn expect(r: Result<proto::SubmitReply, tonic::Status>, code: Code, what: &str) {
     match r {
         Ok(_) => panic!("{what}: accepted"),
         Err(s) => assert_eq!(s.code(), code, "{what}: {}", s.message()),

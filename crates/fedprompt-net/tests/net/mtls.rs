@@ -63,6 +63,9 @@ async fn a_client_certificate_must_name_the_tokens_client() {
         linger_s: 0.0,
         privacy: None,
         weights: Default::default(),
+        compression: None,
+        secure_aggregation: None,
+        secagg_stage_deadline_s: 60.0,
     };
     let server = fedprompt_net::start(cfg).await.unwrap();
     let mut events = server.subscribe();

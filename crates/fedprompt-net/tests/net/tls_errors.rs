@@ -55,6 +55,9 @@ fn serve_config(dir: &Path, certs: &DevCerts, tls: Option<ServerTlsConfig>) -> S
         linger_s: 0.5,
         privacy: None,
         weights: Default::default(),
+        compression: None,
+        secure_aggregation: None,
+        secagg_stage_deadline_s: 60.0,
     }
 }
 
