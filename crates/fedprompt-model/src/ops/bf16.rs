@@ -266,10 +266,10 @@ mod amx {
             // SAFETY: every element read, (kk, j) with kk < k and j < n, lies inside `b` (the
             // caller's contract).
             unsafe {
-                if b.rs == 1 && k % 2 == 0 {
+                if b.rs == 1 && k.is_multiple_of(2) {
                     pack_wt_block(p.offset(j0 as isize * b.cs), b.cs as usize, k, cols, blk);
                 } else if b.cs == 1 {
-                    pack_w_block(p.offset(j0 as isize), b.rs as usize, k, cols, blk);
+                    pack_w_block(p.add(j0), b.rs as usize, k, cols, blk);
                 } else if b.rs == 1 {
                     for jj in 0..cols {
                         let src =

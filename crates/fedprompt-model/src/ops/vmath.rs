@@ -26,7 +26,7 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 0.5;
     let y = p * r * r + r + 1.0;
     // n + 127 in the exponent field: 2ⁿ (n ∈ [−126, 127] after the clamp).
     let ni = t.to_bits().wrapping_sub(SHIFT.to_bits());
