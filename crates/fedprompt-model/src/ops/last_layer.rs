@@ -6,7 +6,7 @@
 //! output projection, both layer norms and the feed-forward block only for position 0, so of
 //! the layer's work about `2/3` of the Q/K/V projection remains and the rest shrinks by a
 //! factor `L`. The dropout masks are the full layer's (each generator stream is entered at the
-//! element's position, see [`dropout_rows_in_place`]), so the output equals row 0 of
+//! element's position, see `dropout::dropout_rows_in_place`), so the output equals row 0 of
 //! [`super::layer::frozen_layer`]'s output up to float rounding, and so does the input gradient
 //! (`tests/fused_layer.rs` checks both).
 
