@@ -303,7 +303,10 @@ impl Classifier {
                 types = Some(Tensor::cat(&[&zeros, t], 1)?);
             }
         }
-        let hidden = encoder.forward_embeds(&embeds, &mask, types.as_ref(), ctx)?;
+        // The heads read the first position only (RoBERTa's `features[:, 0]`, BERT's pooler;
+        // with a prompt that is the first virtual token), so the last layer is computed for it
+        // alone.
+        let hidden = encoder.forward_embeds_first(&embeds, &mask, types.as_ref(), ctx)?;
         head.forward(&hidden, ctx)
     }
 }

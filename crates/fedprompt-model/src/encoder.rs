@@ -7,6 +7,7 @@ use crate::config::{Activation, EncoderConfig};
 use crate::error::Result;
 use crate::nn::{ForwardCtx, FusedAct, LayerNorm, Linear, LoraDelta};
 use crate::ops::attention::{attention, AttnDropout};
+use crate::ops::last_layer::frozen_layer_first_row;
 use crate::ops::layer::{frozen_layer, FrozenLayerParams, LayerDropout};
 use crate::weights::{ParamSource, Table};
 
@@ -291,30 +292,58 @@ impl EncoderLayer {
         ctx: &ForwardCtx,
     ) -> candle_core::Result<Tensor> {
         if let Some(params) = self.fused_params(x) {
-            let (b, l, _) = x.dims3()?;
-            let mask: Vec<f32> = mask_bias
-                .to_dtype(DType::F32)?
-                .broadcast_as((b, 1, 1, l))?
-                .flatten_all()?
-                .to_vec1()?;
-            // Seeds drawn in the order the composed layer draws them.
-            let train = ctx.is_train();
-            let attn = (train && self.attention.attn_dropout > 0.0).then(|| AttnDropout {
-                p: self.attention.attn_dropout as f32,
-                seed: ctx.next_seed(),
-            });
-            let hidden1 = (train && self.attention.hidden_dropout > 0.0)
-                .then(|| (self.attention.hidden_dropout as f32, ctx.next_seed()));
-            let hidden2 = (train && self.hidden_dropout > 0.0)
-                .then(|| (self.hidden_dropout as f32, ctx.next_seed()));
-            let drop = LayerDropout {
-                attn,
-                hidden1,
-                hidden2,
-            };
+            let (mask, drop) = self.fused_inputs(x, mask_bias, ctx)?;
             return frozen_layer(x, &params, mask, drop);
         }
         self.forward_composed(x, mask_bias, ctx)
+    }
+
+    /// The layer's output at the first position only, `[B, 1, H]` (what a classification head
+    /// reads): when the layer is frozen and plain, computed for that position alone (keys and
+    /// values from every position, see [`frozen_layer_first_row`]); else the full layer, cut.
+    /// The same values, gradients and dropout seeds as `forward(..).narrow(1, 0, 1)`.
+    pub fn forward_first(
+        &self,
+        x: &Tensor,
+        mask_bias: &Tensor,
+        ctx: &ForwardCtx,
+    ) -> candle_core::Result<Tensor> {
+        if let Some(params) = self.fused_params(x) {
+            let (mask, drop) = self.fused_inputs(x, mask_bias, ctx)?;
+            return frozen_layer_first_row(x, &params, mask, drop);
+        }
+        self.forward(x, mask_bias, ctx)?.narrow(1, 0, 1)
+    }
+
+    /// The key mask as a flat `[B·L]` vector and the dropout of the fused layer, its seeds
+    /// drawn in the order the composed layer draws them.
+    fn fused_inputs(
+        &self,
+        x: &Tensor,
+        mask_bias: &Tensor,
+        ctx: &ForwardCtx,
+    ) -> candle_core::Result<(Vec<f32>, LayerDropout)> {
+        let (b, l, _) = x.dims3()?;
+        let mask: Vec<f32> = mask_bias
+            .to_dtype(DType::F32)?
+            .broadcast_as((b, 1, 1, l))?
+            .flatten_all()?
+            .to_vec1()?;
+        let train = ctx.is_train();
+        let attn = (train && self.attention.attn_dropout > 0.0).then(|| AttnDropout {
+            p: self.attention.attn_dropout as f32,
+            seed: ctx.next_seed(),
+        });
+        let hidden1 = (train && self.attention.hidden_dropout > 0.0)
+            .then(|| (self.attention.hidden_dropout as f32, ctx.next_seed()));
+        let hidden2 = (train && self.hidden_dropout > 0.0)
+            .then(|| (self.hidden_dropout as f32, ctx.next_seed()));
+        let drop = LayerDropout {
+            attn,
+            hidden1,
+            hidden2,
+        };
+        Ok((mask, drop))
     }
 
     /// The layer composed of separate differentiable ops (LoRA, full fine-tuning, and the
@@ -470,15 +499,15 @@ impl Encoder {
         enc
     }
 
-    /// Runs the encoder from input embeddings `[B, L, H]` with `attention_mask [B, L]`
-    /// (1 = attend, 0 = padding); returns the last hidden states `[B, L, H]`.
-    pub fn forward_embeds(
+    /// The embedding block's output and the additive key mask `[B, 1, 1, L]` (0 for tokens,
+    /// a large negative number for padding) the layers take.
+    fn embed_inputs(
         &self,
         inputs_embeds: &Tensor,
         attention_mask: &Tensor,
         token_type_ids: Option<&Tensor>,
         ctx: &ForwardCtx,
-    ) -> candle_core::Result<Tensor> {
+    ) -> candle_core::Result<(Tensor, Tensor)> {
         let (b, l, _) = inputs_embeds.dims3()?;
         if l > self.cfg.max_sequence_len() {
             candle_core::bail!(
@@ -489,13 +518,50 @@ impl Encoder {
         let mask = attention_mask.to_dtype(DType::F32)?;
         // (1 - mask) * -1e9 : padded keys get no weight.
         let bias = ((mask.affine(-1.0, 1.0))? * -1e9)?.reshape((b, 1, 1, l))?;
-        let mut x = self
+        let x = self
             .embeddings
             .forward(inputs_embeds, token_type_ids, ctx)?;
+        Ok((x, bias))
+    }
+
+    /// Runs the encoder from input embeddings `[B, L, H]` with `attention_mask [B, L]`
+    /// (1 = attend, 0 = padding); returns the last hidden states `[B, L, H]`.
+    pub fn forward_embeds(
+        &self,
+        inputs_embeds: &Tensor,
+        attention_mask: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        ctx: &ForwardCtx,
+    ) -> candle_core::Result<Tensor> {
+        let (mut x, bias) =
+            self.embed_inputs(inputs_embeds, attention_mask, token_type_ids, ctx)?;
         for layer in &self.layers {
             x = layer.forward(&x, &bias, ctx)?;
         }
         Ok(x)
+    }
+
+    /// As [`Encoder::forward_embeds`], but returns only the first position's last hidden
+    /// state `[B, 1, H]` (what the classification heads read), computing the last layer for
+    /// that position alone where it can ([`EncoderLayer::forward_first`]).
+    pub fn forward_embeds_first(
+        &self,
+        inputs_embeds: &Tensor,
+        attention_mask: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        ctx: &ForwardCtx,
+    ) -> candle_core::Result<Tensor> {
+        let Some((last, rest)) = self.layers.split_last() else {
+            return self
+                .forward_embeds(inputs_embeds, attention_mask, token_type_ids, ctx)?
+                .narrow(1, 0, 1);
+        };
+        let (mut x, bias) =
+            self.embed_inputs(inputs_embeds, attention_mask, token_type_ids, ctx)?;
+        for layer in rest {
+            x = layer.forward(&x, &bias, ctx)?;
+        }
+        last.forward_first(&x, &bias, ctx)
     }
 
     /// Runs the encoder from token ids.

@@ -78,6 +78,100 @@ fn fused_layer_matches_composed_bf16() {
     check("xlmr", WeightDtype::Bf16, true);
 }
 
+/// The last layer computed for the first position only (`forward_first`) against the full
+/// layer cut to that position: values, input gradients (through keys and values of every
+/// position) and dropout seeds, with a padded key, in eval and training.
+fn check_first_row(family: &str, dtype: WeightDtype, train: bool) {
+    let backbone = Backbone::load_with(&fixtures().join(format!("tiny-{family}")), dtype).unwrap();
+    let h = backbone.config().hidden_size;
+    let (b, l) = (3, 7);
+    let mut mask = vec![0f32; b * l];
+    mask[l + l - 2..2 * l].fill(-1e9);
+    let mask = Tensor::from_vec(mask, (b, 1, 1, l), &Device::Cpu).unwrap();
+    let x = Var::from_tensor(&randn(&[b, l, h], 11)).unwrap();
+    let r = randn(&[b, 1, h], 12);
+    for (i, layer) in backbone.encoder().layers().iter().enumerate() {
+        let run = |first: bool| {
+            let c = if train {
+                ForwardCtx::train(43)
+            } else {
+                ForwardCtx::eval_with_grad()
+            };
+            let y = if first {
+                layer.forward_first(x.as_tensor(), &mask, &c).unwrap()
+            } else {
+                layer
+                    .forward(x.as_tensor(), &mask, &c)
+                    .unwrap()
+                    .narrow(1, 0, 1)
+                    .unwrap()
+            };
+            let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let g = grads.get(x.as_tensor()).expect("gradient").clone();
+            (y.detach(), g, c.next_seed())
+        };
+        let (y1, g1, s1) = run(true);
+        let (y2, g2, s2) = run(false);
+        let what = format!("{family} layer {i} {dtype} train {train} first row");
+        assert_eq!(y1.dims(), [b, 1, h], "{what}: shape");
+        assert_close(&y1, &y2, 1e-5, &format!("{what}: value"));
+        assert_close(&g1, &g2, 1e-5, &format!("{what}: input gradient"));
+        // Every position of x gets a gradient (keys and values), not only the first.
+        let rest = g1.narrow(1, 1, l - 1).unwrap();
+        assert!(max_abs(&rest) > 0.0, "{what}: no gradient past position 0");
+        assert_eq!(s1, s2, "{what}: seeds drawn");
+    }
+}
+
+#[test]
+fn first_row_layer_matches_full_layer() {
+    for family in ["xlmr", "bert"] {
+        check_first_row(family, WeightDtype::F32, false);
+        check_first_row(family, WeightDtype::F32, true);
+    }
+    check_first_row("xlmr", WeightDtype::Bf16, false);
+    check_first_row("xlmr", WeightDtype::Bf16, true);
+}
+
+/// The encoder with its last layer cut to the first position against the full encoder.
+#[test]
+fn encoder_first_position_matches_full_encoder() {
+    for family in ["xlmr", "bert"] {
+        let backbone =
+            Backbone::load_with(&fixtures().join(format!("tiny-{family}")), WeightDtype::F32)
+                .unwrap();
+        let enc = backbone.encoder();
+        let h = backbone.config().hidden_size;
+        let (b, l) = (2, 6);
+        let x = Var::from_tensor(&randn(&[b, l, h], 21)).unwrap();
+        let am = Tensor::from_vec(
+            vec![1u32, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0],
+            (b, l),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let r = randn(&[b, 1, h], 22);
+        let run = |first: bool| {
+            let c = ForwardCtx::train(5);
+            let y = if first {
+                enc.forward_embeds_first(x.as_tensor(), &am, None, &c)
+                    .unwrap()
+            } else {
+                enc.forward_embeds(x.as_tensor(), &am, None, &c)
+                    .unwrap()
+                    .narrow(1, 0, 1)
+                    .unwrap()
+            };
+            let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            (y.detach(), grads.get(x.as_tensor()).unwrap().clone())
+        };
+        let (y1, g1) = run(true);
+        let (y2, g2) = run(false);
+        assert_close(&y1, &y2, 1e-5, &format!("{family} encoder: value"));
+        assert_close(&g1, &g2, 1e-5, &format!("{family} encoder: input gradient"));
+    }
+}
+
 #[test]
 fn bf16_weights_are_the_rounded_f32_ones() {
     let dir = fixtures().join("tiny-xlmr");
@@ -111,6 +205,9 @@ fn bf16_product_matches_f32_of_rounded_operands() {
         (1, 1, 1),
         (64, 768, 96),
         (5, 300, 17),
+        // Several row blocks of the AMX kernel's L2 blocking, an edge column block.
+        (200, 3072, 40),
+        (70, 64, 16),
     ] {
         let x = randn(&[rows, k], 1);
         let w = randn(&[n, k], 2).to_dtype(DType::BF16).unwrap();

@@ -8,10 +8,11 @@
 use std::sync::OnceLock;
 
 use candle_core::{bail, CpuStorage, CustomOp1, Device, Layout, Result, Shape, Tensor};
-use rand::{RngCore, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+use super::dropout::mask_in_place;
 use super::softmax::softmax_row;
 use super::{contiguous_slice, sgemm, with_f32, Mat, SendConstPtr, SendPtr};
 
@@ -25,7 +26,7 @@ pub struct AttnDropout {
 }
 
 impl AttnDropout {
-    fn keep_threshold(&self) -> u64 {
+    pub(crate) fn keep_threshold(&self) -> u64 {
         // Keep when a uniform u32 is below (1 - p)·2³².
         ((1.0 - self.p as f64) * 4_294_967_296.0) as u64
     }
@@ -34,15 +35,8 @@ impl AttnDropout {
     fn apply(&self, bh: usize, p: &[f32], out: &mut [f32]) {
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         rng.set_stream(bh as u64);
-        let thr = self.keep_threshold();
-        let scale = 1.0 / (1.0 - self.p);
-        for (o, &v) in out.iter_mut().zip(p) {
-            *o = if (rng.next_u32() as u64) < thr {
-                v * scale
-            } else {
-                0.0
-            };
-        }
+        out.copy_from_slice(p);
+        mask_in_place(&mut rng, self.keep_threshold(), 1.0 / (1.0 - self.p), out);
     }
 }
 
@@ -319,15 +313,7 @@ impl AttentionOp {
                     if let Some(drop) = &self.dropout {
                         let mut rng = ChaCha8Rng::seed_from_u64(drop.seed);
                         rng.set_stream(bh as u64);
-                        let thr = drop.keep_threshold();
-                        let sc = 1.0 / (1.0 - drop.p);
-                        for x in ds.iter_mut() {
-                            *x = if (rng.next_u32() as u64) < thr {
-                                *x * sc
-                            } else {
-                                0.0
-                            };
-                        }
+                        mask_in_place(&mut rng, drop.keep_threshold(), 1.0 / (1.0 - drop.p), ds);
                     }
                     for (row, prow) in ds.chunks_mut(l).zip(p.chunks(l)) {
                         let dot: f32 = row.iter().zip(prow).map(|(a, b)| a * b).sum();

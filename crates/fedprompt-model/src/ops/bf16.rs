@@ -118,13 +118,19 @@ mod amx {
     /// Rows of a tile and the bf16 elements of a tile row (64 bytes).
     const TR: usize = 16;
     const TK: usize = 32;
+    /// Bytes of packed A (bf16 rows) swept by all column pairs before the next rows: about
+    /// half of a Sapphire Rapids core's 2 MiB L2.
+    const A_BLOCK_BYTES: usize = 1 << 20;
 
     /// CPUID says AMX-TILE and AMX-BF16, and the kernel grants the tile data state.
     pub(super) fn detect_and_enable() -> bool {
         let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
         let amx_bf16 = leaf7.edx & (1 << 22) != 0;
         let amx_tile = leaf7.edx & (1 << 24) != 0;
-        if !(amx_bf16 && amx_tile && std::is_x86_feature_detected!("avx512f")) {
+        let avx512 = std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl");
+        if !(amx_bf16 && amx_tile && avx512) {
             return false;
         }
         request_tile_permission()
@@ -241,23 +247,103 @@ mod amx {
 
     /// `b` (k×n bf16, strided) in the tile unit's pair layout: per block of 16 columns,
     /// `k_pad / 2` rows of 16 (even, odd) pairs of k; zero-padded to `n_pad` columns.
+    ///
+    /// The two layouts of a frozen weight `W [n, k]` have their own loops: `Wᵀ` (the forward,
+    /// `rs == 1`: each column is a contiguous row of `W`, copied pair by pair) and `W` (the
+    /// input gradient, `cs == 1`: two rows of `W` interleaved); other strides go element by
+    /// element.
     fn pack_b(k: usize, n: usize, k_pad: usize, n_pad: usize, b: BMat) -> Vec<u16> {
         let block = k_pad * TR; // elements per 16-column block
         let mut out = vec![0u16; n_pad / TR * block];
         let bp = SendConstPtr(b.ptr as *const f32);
         out.par_chunks_mut(block).enumerate().for_each(|(jb, blk)| {
             let p = bp.get() as *const u16;
-            let cols = (n - (jb * TR).min(n)).min(TR);
-            for jj in 0..cols {
-                let j = (jb * TR + jj) as isize;
-                for kk in 0..k {
-                    // SAFETY: kk < k, j < n lie inside `b` (the caller's contract).
-                    let v = unsafe { *p.offset(kk as isize * b.rs + j * b.cs) };
-                    blk[(kk / 2) * 2 * TR + jj * 2 + (kk & 1)] = v;
+            let j0 = jb * TR;
+            let cols = (n - j0.min(n)).min(TR);
+            if cols == 0 {
+                return; // padding only
+            }
+            // SAFETY: every element read, (kk, j) with kk < k and j < n, lies inside `b` (the
+            // caller's contract).
+            unsafe {
+                if b.rs == 1 && k.is_multiple_of(2) {
+                    pack_wt_block(p.offset(j0 as isize * b.cs), b.cs as usize, k, cols, blk);
+                } else if b.cs == 1 {
+                    pack_w_block(p.add(j0), b.rs as usize, k, cols, blk);
+                } else if b.rs == 1 {
+                    for jj in 0..cols {
+                        let src =
+                            std::slice::from_raw_parts(p.offset((j0 + jj) as isize * b.cs), k);
+                        for (i, pair) in src.chunks(2).enumerate() {
+                            let o = i * 2 * TR + jj * 2;
+                            blk[o] = pair[0];
+                            if let Some(&v) = pair.get(1) {
+                                blk[o + 1] = v;
+                            }
+                        }
+                    }
+                } else {
+                    for jj in 0..cols {
+                        let j = (j0 + jj) as isize;
+                        for kk in 0..k {
+                            let v = *p.offset(kk as isize * b.rs + j * b.cs);
+                            blk[(kk / 2) * 2 * TR + jj * 2 + (kk & 1)] = v;
+                        }
+                    }
                 }
             }
         });
         out
+    }
+
+    /// One 16-column block of `Wᵀ` for `W` rows `w` (row stride `ws` elements, `k` even): pair
+    /// row `i` holds the (2i, 2i+1) element pairs of the `cols` rows, one 32-bit gather each.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pack_wt_block(w: *const u16, ws: usize, k: usize, cols: usize, blk: &mut [u16]) {
+        use std::arch::x86_64::*;
+        let idx: [i32; 16] = std::array::from_fn(|jj| (jj * ws * 2) as i32);
+        let vidx = _mm512_loadu_si512(idx.as_ptr().cast());
+        let mask: __mmask16 = if cols >= 16 {
+            0xffff
+        } else {
+            (1u16 << cols) - 1
+        };
+        let out = blk.as_mut_ptr() as *mut u32;
+        for i in 0..k / 2 {
+            let v = _mm512_mask_i32gather_epi32::<1>(
+                _mm512_setzero_si512(),
+                mask,
+                vidx,
+                w.add(2 * i).cast(),
+            );
+            _mm512_storeu_si512(out.add(i * TR).cast(), v);
+        }
+    }
+
+    /// One 16-column block of `W` itself (rows `w`, row stride `ws`, `k` rows): pair row `i`
+    /// interleaves rows `2i` and `2i + 1` (the odd row zero past `k`).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn pack_w_block(w: *const u16, ws: usize, k: usize, cols: usize, blk: &mut [u16]) {
+        use std::arch::x86_64::*;
+        let mask: __mmask16 = if cols >= 16 {
+            0xffff
+        } else {
+            (1u16 << cols) - 1
+        };
+        let out = blk.as_mut_ptr() as *mut u32;
+        for i in 0..k.div_ceil(2) {
+            let even = _mm256_maskz_loadu_epi16(mask, w.add(2 * i * ws).cast());
+            let odd = if 2 * i + 1 < k {
+                _mm256_maskz_loadu_epi16(mask, w.add((2 * i + 1) * ws).cast())
+            } else {
+                _mm256_setzero_si256()
+            };
+            let v = _mm512_or_si512(
+                _mm512_cvtepu16_epi32(even),
+                _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(odd)),
+            );
+            _mm512_storeu_si512(out.add(i * TR).cast(), v);
+        }
     }
 
     /// See [`super::gemm_f32_bf16`]; requires [`detect_and_enable`] to have returned true.
@@ -331,63 +417,70 @@ mod amx {
         let b_stride = 2 * TR * 2; // bytes per packed B row (16 pairs)
         let b_block = k_pad * TR; // elements per 16-column block
         asm!("ldtilecfg [{0}]", in(reg) &cfg as *const TileConfig, options(nostack, readonly));
-        for cp in cols {
-            let b0 = bp.add(2 * cp * b_block);
-            let b1 = b0.add(b_block);
-            for rb in (0..m_pad).step_by(2 * TR) {
-                let a0 = ap.add(rb * k_pad);
-                let a1 = a0.add(TR * k_pad);
-                asm!(
-                    "tilezero tmm0",
-                    "tilezero tmm1",
-                    "tilezero tmm2",
-                    "tilezero tmm3",
-                    options(nostack, nomem)
-                );
-                for kb in 0..k_pad / TK {
-                    // A tiles: 16 rows × 32 k; B tiles: 16 pair-rows (32 k) × 16 columns.
+        // Rows in macro blocks of about A_BLOCK_BYTES of packed A, so that the block stays in
+        // L2 while every column pair of this task sweeps it (without blocking, all of A was
+        // streamed from L3 or memory once per column pair).
+        let mc = (A_BLOCK_BYTES / (k_pad * 2)).max(2 * TR) / (2 * TR) * (2 * TR);
+        for mb in (0..m_pad).step_by(mc) {
+            for cp in cols.clone() {
+                let b0 = bp.add(2 * cp * b_block);
+                let b1 = b0.add(b_block);
+                for rb in (mb..(mb + mc).min(m_pad)).step_by(2 * TR) {
+                    let a0 = ap.add(rb * k_pad);
+                    let a1 = a0.add(TR * k_pad);
                     asm!(
-                        "tileloadd tmm4, [{a0} + {sa}]",
-                        "tileloadd tmm5, [{a1} + {sa}]",
-                        "tileloadd tmm6, [{b0} + {sb}]",
-                        "tileloadd tmm7, [{b1} + {sb}]",
-                        "tdpbf16ps tmm0, tmm4, tmm6",
-                        "tdpbf16ps tmm1, tmm4, tmm7",
-                        "tdpbf16ps tmm2, tmm5, tmm6",
-                        "tdpbf16ps tmm3, tmm5, tmm7",
-                        a0 = in(reg) a0.add(kb * TK),
-                        a1 = in(reg) a1.add(kb * TK),
-                        b0 = in(reg) b0.add(kb * TK * TR),
-                        b1 = in(reg) b1.add(kb * TK * TR),
-                        sa = in(reg) a_stride,
-                        sb = in(reg) b_stride,
-                        options(nostack, readonly),
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        "tilezero tmm2",
+                        "tilezero tmm3",
+                        options(nostack, nomem)
                     );
-                }
-                // out: a 32×32 f32 block, row stride 32 floats (128 bytes).
-                let o = out.0.as_mut_ptr();
-                asm!(
-                    "tilestored [{o0} + {s}], tmm0",
-                    "tilestored [{o1} + {s}], tmm1",
-                    "tilestored [{o2} + {s}], tmm2",
-                    "tilestored [{o3} + {s}], tmm3",
-                    o0 = in(reg) o,
-                    o1 = in(reg) o.add(TR),
-                    o2 = in(reg) o.add(TR * 2 * TR),
-                    o3 = in(reg) o.add(TR * 2 * TR + TR),
-                    s = in(reg) 2 * TR * 4,
-                    options(nostack),
-                );
-                let rows = (m - rb.min(m)).min(2 * TR);
-                let c0 = cp * 2 * TR;
-                let ncols = (n - c0.min(n)).min(2 * TR);
-                for r in 0..rows {
-                    let d = std::slice::from_raw_parts_mut(dst.add((rb + r) * dst_rs + c0), ncols);
-                    let s = &out.0[r * 2 * TR..r * 2 * TR + ncols];
-                    if accumulate {
-                        d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
-                    } else {
-                        d.copy_from_slice(s);
+                    for kb in 0..k_pad / TK {
+                        // A tiles: 16 rows × 32 k; B tiles: 16 pair-rows (32 k) × 16 columns.
+                        asm!(
+                            "tileloadd tmm4, [{a0} + {sa}]",
+                            "tileloadd tmm5, [{a1} + {sa}]",
+                            "tileloadd tmm6, [{b0} + {sb}]",
+                            "tileloadd tmm7, [{b1} + {sb}]",
+                            "tdpbf16ps tmm0, tmm4, tmm6",
+                            "tdpbf16ps tmm1, tmm4, tmm7",
+                            "tdpbf16ps tmm2, tmm5, tmm6",
+                            "tdpbf16ps tmm3, tmm5, tmm7",
+                            a0 = in(reg) a0.add(kb * TK),
+                            a1 = in(reg) a1.add(kb * TK),
+                            b0 = in(reg) b0.add(kb * TK * TR),
+                            b1 = in(reg) b1.add(kb * TK * TR),
+                            sa = in(reg) a_stride,
+                            sb = in(reg) b_stride,
+                            options(nostack, readonly),
+                        );
+                    }
+                    // out: a 32×32 f32 block, row stride 32 floats (128 bytes).
+                    let o = out.0.as_mut_ptr();
+                    asm!(
+                        "tilestored [{o0} + {s}], tmm0",
+                        "tilestored [{o1} + {s}], tmm1",
+                        "tilestored [{o2} + {s}], tmm2",
+                        "tilestored [{o3} + {s}], tmm3",
+                        o0 = in(reg) o,
+                        o1 = in(reg) o.add(TR),
+                        o2 = in(reg) o.add(TR * 2 * TR),
+                        o3 = in(reg) o.add(TR * 2 * TR + TR),
+                        s = in(reg) 2 * TR * 4,
+                        options(nostack),
+                    );
+                    let rows = (m - rb.min(m)).min(2 * TR);
+                    let c0 = cp * 2 * TR;
+                    let ncols = (n - c0.min(n)).min(2 * TR);
+                    for r in 0..rows {
+                        let d =
+                            std::slice::from_raw_parts_mut(dst.add((rb + r) * dst_rs + c0), ncols);
+                        let s = &out.0[r * 2 * TR..r * 2 * TR + ncols];
+                        if accumulate {
+                            d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
+                        } else {
+                            d.copy_from_slice(s);
+                        }
                     }
                 }
             }

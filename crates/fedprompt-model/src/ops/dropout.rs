@@ -3,7 +3,7 @@
 //! number of threads) and drawn again in the backward.
 
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape, Tensor};
-use rand::{RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
@@ -11,6 +11,20 @@ use super::{contiguous_slice, with_f32};
 
 /// Elements per generator stream.
 const BLOCK: usize = 8192;
+
+/// `x[i] = x[i] · (1/(1−p) if the stream's next u32 is below `thr`, else 0)`, the words
+/// drawn in bulk (the same words, in the same order, as one `next_u32` per element; a bulk
+/// draw lets the select loop vectorise).
+pub(crate) fn mask_in_place(rng: &mut ChaCha8Rng, thr: u64, scale: f32, x: &mut [f32]) {
+    let mut words = [0u32; 256];
+    for chunk in x.chunks_mut(256) {
+        let w = &mut words[..chunk.len()];
+        rng.fill(w);
+        for (v, &u) in chunk.iter_mut().zip(w.iter()) {
+            *v = if (u as u64) < thr { *v * scale } else { 0.0 };
+        }
+    }
+}
 
 #[derive(Clone, Copy)]
 struct DropoutOp {
@@ -24,14 +38,8 @@ impl DropoutOp {
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         rng.set_stream(blk as u64);
         let thr = ((1.0 - self.p as f64) * 4_294_967_296.0) as u64;
-        let scale = 1.0 / (1.0 - self.p);
-        for (o, &v) in out.iter_mut().zip(x) {
-            *o = if (rng.next_u32() as u64) < thr {
-                v * scale
-            } else {
-                0.0
-            };
-        }
+        out.copy_from_slice(x);
+        mask_in_place(&mut rng, thr, 1.0 / (1.0 - self.p), out);
     }
 
     fn run(&self, x: &[f32]) -> Vec<f32> {
@@ -52,15 +60,40 @@ pub(crate) fn dropout_in_place(buf: &mut [f32], p: f32, seed: u64) {
         let mut rng = ChaCha8Rng::seed_from_u64(op.seed);
         rng.set_stream(blk as u64);
         let thr = ((1.0 - op.p as f64) * 4_294_967_296.0) as u64;
-        let scale = 1.0 / (1.0 - op.p);
-        for v in x.iter_mut() {
-            *v = if (rng.next_u32() as u64) < thr {
-                *v * scale
-            } else {
-                0.0
-            };
-        }
+        mask_in_place(&mut rng, thr, 1.0 / (1.0 - op.p), x);
     });
+}
+
+/// `buf ⊙ mask` in place for some rows of a larger tensor: `buf` holds rows of `width`
+/// elements, its row `i` being row `i · every` of a contiguous tensor that
+/// [`dropout_in_place`] would mask whole. The mask values are those of that tensor (each
+/// generator stream is entered at the element's word position), so a layer that computes only
+/// these rows drops exactly what the full layer drops.
+pub(crate) fn dropout_rows_in_place(
+    buf: &mut [f32],
+    width: usize,
+    every: usize,
+    p: f32,
+    seed: u64,
+) {
+    let thr = ((1.0 - p as f64) * 4_294_967_296.0) as u64;
+    let scale = 1.0 / (1.0 - p);
+    buf.par_chunks_mut(width.max(1))
+        .enumerate()
+        .for_each(|(i, row)| {
+            let start = i * every * width;
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            // The row in segments that lie inside one generator block each.
+            let mut c = 0;
+            while c < row.len() {
+                let e = start + c;
+                let len = (BLOCK - e % BLOCK).min(row.len() - c);
+                rng.set_stream((e / BLOCK) as u64);
+                rng.set_word_pos((e % BLOCK) as u128);
+                mask_in_place(&mut rng, thr, scale, &mut row[c..c + len]);
+                c += len;
+            }
+        });
 }
 
 impl CustomOp1 for DropoutOp {
@@ -89,4 +122,58 @@ pub fn dropout_mask(shape: &[usize], p: f32, seed: u64) -> Result<Tensor> {
     let n = shape.iter().product();
     let m = DropoutOp { p, seed }.run(&vec![1f32; n]);
     Tensor::from_vec(m, shape, &Device::Cpu)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::RngCore;
+
+    /// The bulk draw gives the masks of one `next_u32` per element (the masks before it).
+    #[test]
+    fn bulk_mask_equals_word_by_word_mask() {
+        let (p, seed) = (0.1f32, 77u64);
+        let thr = ((1.0 - p as f64) * 4_294_967_296.0) as u64;
+        let scale = 1.0 / (1.0 - p);
+        for n in [1usize, 255, 256, 257, 1000] {
+            let mut a = ChaCha8Rng::seed_from_u64(seed);
+            a.set_stream(3);
+            let mut x = vec![1f32; n];
+            mask_in_place(&mut a, thr, scale, &mut x);
+            let mut b = ChaCha8Rng::seed_from_u64(seed);
+            b.set_stream(3);
+            let y: Vec<f32> = (0..n)
+                .map(|_| {
+                    if (b.next_u32() as u64) < thr {
+                        scale
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            assert_eq!(x, y, "n = {n}");
+            assert_eq!(
+                a.next_u32(),
+                b.next_u32(),
+                "n = {n}: the streams moved alike"
+            );
+        }
+    }
+
+    /// Rows cut out of a tensor get the tensor's mask values, across block boundaries.
+    #[test]
+    fn row_mask_equals_whole_tensor_mask() {
+        let (w, rows, every) = (700usize, 9usize, 5usize);
+        let mut whole = vec![1f32; w * rows * every];
+        dropout_in_place(&mut whole, 0.2, 9);
+        let mut some = vec![1f32; w * rows];
+        dropout_rows_in_place(&mut some, w, every, 0.2, 9);
+        for i in 0..rows {
+            assert_eq!(
+                &some[i * w..(i + 1) * w],
+                &whole[i * every * w..][..w],
+                "row {i}"
+            );
+        }
+    }
 }

@@ -21,8 +21,8 @@ use rayon::prelude::*;
 
 use super::attention::{AttentionOp, AttnDropout};
 use super::dropout::dropout_in_place;
-use super::linear::{gelu, gelu_grad};
 use super::norm::{add_layer_norm_rows, layer_norm_input_grad_rows};
+use super::vmath::{gelu_grad_mul_in_place, gelu_in_place, gelu_into};
 use super::{contiguous_slice, gemm_threads, gemm_weight, rows_per_task, with_weight, Mat};
 
 /// The frozen parameters of one layer (weights `[out, in]`, f32 or bf16; the rest f32).
@@ -82,15 +82,32 @@ struct Saved {
 }
 
 /// Small f32 parameters, read once per op.
-struct Vectors {
-    qkv_b: Vec<f32>,
-    out_b: Vec<f32>,
-    ln1_g: Vec<f32>,
-    ln1_b: Vec<f32>,
-    inter_b: Vec<f32>,
-    output_b: Vec<f32>,
-    ln2_g: Vec<f32>,
-    ln2_b: Vec<f32>,
+pub(super) struct Vectors {
+    pub(super) qkv_b: Vec<f32>,
+    pub(super) out_b: Vec<f32>,
+    pub(super) ln1_g: Vec<f32>,
+    pub(super) ln1_b: Vec<f32>,
+    pub(super) inter_b: Vec<f32>,
+    pub(super) output_b: Vec<f32>,
+    pub(super) ln2_g: Vec<f32>,
+    pub(super) ln2_b: Vec<f32>,
+}
+
+impl Vectors {
+    /// The small parameters of `params` as plain vectors.
+    pub(super) fn of(params: &FrozenLayerParams) -> Result<Self> {
+        let vec = |t: &Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_vec1::<f32>() };
+        Ok(Vectors {
+            qkv_b: vec(&params.qkv_b)?,
+            out_b: vec(&params.out_b)?,
+            ln1_g: vec(&params.ln1_g)?,
+            ln1_b: vec(&params.ln1_b)?,
+            inter_b: vec(&params.inter_b)?,
+            output_b: vec(&params.output_b)?,
+            ln2_g: vec(&params.ln2_g)?,
+            ln2_b: vec(&params.ln2_b)?,
+        })
+    }
 }
 
 struct FrozenLayerOp {
@@ -103,7 +120,7 @@ struct FrozenLayerOp {
 }
 
 /// `rows` copies of `bias`, the start of a GEMM that accumulates onto it.
-fn bias_rows(bias: &[f32], rows: usize) -> Vec<f32> {
+pub(super) fn bias_rows(bias: &[f32], rows: usize) -> Vec<f32> {
     let n = bias.len();
     let mut y = vec![0f32; rows * n];
     y.par_chunks_mut(n * rows_per_task(n))
@@ -112,7 +129,7 @@ fn bias_rows(bias: &[f32], rows: usize) -> Vec<f32> {
 }
 
 /// `dst (rows×n) [+]= a (rows×k, contiguous) · Wᵀ` for a weight `w [n, k]`.
-fn mul_wt(
+pub(super) fn mul_wt(
     a: &[f32],
     rows: usize,
     k: usize,
@@ -147,7 +164,7 @@ fn mul_wt(
 }
 
 /// `dst (rows×k) [+]= g (rows×n, contiguous) · W` for a weight `w [n, k]` (an input gradient).
-fn mul_w(
+pub(super) fn mul_w(
     g: &[f32],
     rows: usize,
     n: usize,
@@ -231,11 +248,10 @@ impl FrozenLayerOp {
             let mut g = vec![0f32; t * f];
             g.par_chunks_mut(chunk)
                 .zip(u.par_chunks(chunk))
-                .for_each(|(g, u)| g.iter_mut().zip(u).for_each(|(g, &u)| *g = gelu(u)));
+                .for_each(|(g, u)| gelu_into(u, g));
             g
         } else {
-            u.par_chunks_mut(chunk)
-                .for_each(|u| u.iter_mut().for_each(|u| *u = gelu(*u)));
+            u.par_chunks_mut(chunk).for_each(gelu_in_place);
             std::mem::take(&mut u)
         };
         let mut s2 = bias_rows(&v.output_b, t);
@@ -309,11 +325,7 @@ impl FrozenLayerOp {
             let chunk = f * rows_per_task(f);
             dg.par_chunks_mut(chunk)
                 .zip(gw.par_chunks(chunk))
-                .for_each(|(u, g)| {
-                    u.iter_mut()
-                        .zip(g)
-                        .for_each(|(u, &g)| *u = g * gelu_grad(*u))
-                });
+                .for_each(|(u, g)| gelu_grad_mul_in_place(u, g));
         }
         // da = ds2 (residual) + du · W_in
         let mut da = ds2;
@@ -374,17 +386,7 @@ pub fn frozen_layer(
     mask: Vec<f32>,
     dropout: LayerDropout,
 ) -> Result<Tensor> {
-    let vec = |t: &Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_vec1::<f32>() };
-    let v = Vectors {
-        qkv_b: vec(&params.qkv_b)?,
-        out_b: vec(&params.out_b)?,
-        ln1_g: vec(&params.ln1_g)?,
-        ln1_b: vec(&params.ln1_b)?,
-        inter_b: vec(&params.inter_b)?,
-        output_b: vec(&params.output_b)?,
-        ln2_g: vec(&params.ln2_g)?,
-        ln2_b: vec(&params.ln2_b)?,
-    };
+    let v = Vectors::of(params)?;
     let (_, _, h) = x.dims3()?;
     let d = h / params.heads.max(1);
     let save = x.track_op();

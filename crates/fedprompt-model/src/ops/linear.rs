@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{erf_f32, gemm_threads, gemm_weight, rows_per_task, with_f32, with_weight, Mat};
+use super::{gemm_threads, gemm_weight, rows_per_task, with_f32, with_weight, Mat};
 
 /// An activation fused into the frozen linear layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,20 +16,6 @@ pub enum FusedAct {
     Identity,
     /// Exact (erf) GELU.
     GeluErf,
-}
-
-const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
-/// 1 / √(2π)
-const INV_SQRT_2PI: f32 = 0.398_942_3;
-
-#[inline]
-pub(crate) fn gelu(u: f32) -> f32 {
-    0.5 * u * (1.0 + erf_f32(u * FRAC_1_SQRT_2))
-}
-
-#[inline]
-pub(crate) fn gelu_grad(u: f32) -> f32 {
-    0.5 * (1.0 + erf_f32(u * FRAC_1_SQRT_2)) + u * INV_SQRT_2PI * (-0.5 * u * u).exp()
 }
 
 struct FrozenLinearOp {
@@ -107,7 +93,7 @@ impl CustomOp1 for FrozenLinearOp {
             let chunk = n * rows_per_task(n);
             out.par_chunks_mut(chunk)
                 .zip(y.par_chunks(chunk))
-                .for_each(|(o, u)| o.iter_mut().zip(u).for_each(|(o, &u)| *o = gelu(u)));
+                .for_each(|(o, u)| super::vmath::gelu_into(u, o));
             if self.save {
                 let _ = self.saved.set(y);
             }
@@ -160,11 +146,7 @@ impl CustomOp1 for FrozenLinearOp {
                     let chunk = n * rows_per_task(n);
                     out.par_chunks_mut(chunk)
                         .zip(u.par_chunks(chunk).zip(g.par_chunks(chunk)))
-                        .for_each(|(o, (u, g))| {
-                            for ((o, &u), &g) in o.iter_mut().zip(u).zip(g) {
-                                *o = g * gelu_grad(u);
-                            }
-                        });
+                        .for_each(|(o, (u, g))| super::vmath::gelu_grad_mul_into(u, g, o));
                     out
                 })?;
                 input_grad(&gu, &mut dx)?

@@ -9,10 +9,12 @@
 pub mod attention;
 pub mod bf16;
 pub mod dropout;
+pub mod last_layer;
 pub mod layer;
 pub mod linear;
 pub mod norm;
 pub mod softmax;
+pub(crate) mod vmath;
 
 use candle_core::{bail, CpuStorage, Layout, Result, Storage, Tensor};
 
@@ -199,19 +201,4 @@ pub(crate) fn gemm_threads() -> usize {
 /// Rows per rayon task for row-wise kernels on rows of `width` elements (≈ 16 K elements).
 pub(crate) fn rows_per_task(width: usize) -> usize {
     (16384 / width.max(1)).max(1)
-}
-
-/// `erf(x)` in f32 (Abramowitz–Stegun 7.1.26 refined; |error| < 1.5e-7).
-#[inline]
-pub(crate) fn erf_f32(x: f32) -> f32 {
-    // The rational approximation with an exp factor; accurate to 1.5e-7 absolute.
-    let s = x.signum();
-    let a = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let y = 1.0
-        - (((((1.061_405_4 * t - 1.453_152_1) * t) + 1.421_413_7) * t - 0.284_496_74) * t
-            + 0.254_829_6)
-            * t
-            * (-a * a).exp();
-    s * y
 }

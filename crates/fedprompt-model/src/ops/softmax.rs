@@ -10,12 +10,9 @@ use super::{contiguous_slice, rows_per_task, with_f32};
 #[inline]
 pub(crate) fn softmax_row(r: &mut [f32]) {
     let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for v in r.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
+    r.iter_mut().for_each(|v| *v -= max);
+    super::vmath::exp_in_place(r);
+    let inv = 1.0 / super::vmath::sum(r);
     r.iter_mut().for_each(|v| *v *= inv);
 }
 
