@@ -559,3 +559,53 @@ seed_key = "shared"
     let row = |label: &str| r.rows.iter().find(|x| x.paradigm == label).unwrap();
     assert_eq!(row("A").per_language, row("B").per_language);
 }
+
+#[test]
+fn data_efficiency_reruns_each_named_paradigm_at_each_size_and_plots_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = r#"
+[[run]]
+label = "PE_Monolingual"
+paradigm = "monolingual"
+method = { type = "prompt", num_virtual_tokens = 2 }
+[data_efficiency]
+runs = ["PE_Monolingual", "PE_FL (non-IID)"]
+sizes = [2, 4]
+"#;
+    let cfg = parse(&experiment(dir.path(), extra)).unwrap();
+    let (r, out) = run_experiment(
+        &cfg,
+        &RunOptions {
+            output: Some(dir.path().join("out")),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let points: Vec<(&str, usize)> = r
+        .data_efficiency
+        .iter()
+        .map(|p| (p.paradigm.as_str(), p.train_size))
+        .collect();
+    assert_eq!(
+        points,
+        [
+            ("PE_Monolingual", 2),
+            ("PE_Monolingual", 4),
+            ("PE_FL (non-IID)", 2),
+            ("PE_FL (non-IID)", 4)
+        ]
+    );
+    assert!(r
+        .data_efficiency
+        .iter()
+        .all(|p| (0.0..=1.0).contains(&p.accuracy)));
+    // Each cut is a run of its own (resumable), and the ablation is written and plotted.
+    for key in ["pe-monolingual-cap-2", "pe-fl-non-iid-cap-4"] {
+        assert!(
+            out.join(format!("checkpoints/{key}.done.json")).exists(),
+            "{key}"
+        );
+    }
+    assert!(out.join("data_efficiency.csv").exists());
+    assert!(out.join("data_efficiency.svg").exists());
+}
