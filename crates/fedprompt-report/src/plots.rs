@@ -218,6 +218,37 @@ enum Swatch {
     Bar,
 }
 
+/// `text` cut at a character boundary and ended with `…` so that it is at most `width`
+/// pixels wide in `font` (a long task name must not run off the image).
+fn fit_text<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    text: &str,
+    font: &TextStyle,
+    width: u32,
+) -> std::result::Result<String, String> {
+    if root.estimate_text_size(text, font).map_err(pe)?.0 <= width {
+        return Ok(text.to_string());
+    }
+    let chars: Vec<char> = text.chars().collect();
+    let (mut lo, mut hi) = (0, chars.len());
+    // The longest prefix whose text plus `…` fits (binary search over character counts).
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        let cut: String = chars[..mid].iter().collect::<String>() + "…";
+        if root.estimate_text_size(&cut, font).map_err(pe)?.0 <= width {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    Ok(chars[..lo]
+        .iter()
+        .collect::<String>()
+        .trim_end()
+        .to_string()
+        + "…")
+}
+
 /// Title on top, legend panel on the right (sized to the longest label); returns the plot area.
 fn layout<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
@@ -225,9 +256,16 @@ fn layout<DB: DrawingBackend>(
     entries: &[(String, usize)],
     swatch: Swatch,
 ) -> std::result::Result<DrawingArea<DB, Shift>, String> {
+    let title_font = TextStyle::from((FONT, 28).into_font());
+    let title = fit_text(
+        root,
+        title,
+        &title_font,
+        root.dim_in_pixel().0.saturating_sub(24),
+    )?;
     let area = root
         .margin(14, 6, 6, 6)
-        .titled(title, (FONT, 28).into_font().color(&BLACK))
+        .titled(&title, (FONT, 28).into_font().color(&BLACK))
         .map_err(pe)?;
     let legend_font = TextStyle::from((FONT, 17).into_font());
     let mut widest = 0;

@@ -584,3 +584,20 @@ fn encoded_uploads_are_named_beside_their_bytes() {
     let back: CommRow = serde_json::from_value(json).unwrap();
     assert_eq!(back.upload_encoding, None);
 }
+
+#[test]
+fn a_long_task_name_is_cut_to_fit_the_plot_title() {
+    let mut r = full();
+    r.task = format!("a very long task name {} END-OF-TASK", "word ".repeat(60));
+    let dir = tempfile::tempdir().unwrap();
+    write_plots(&r, dir.path()).unwrap();
+    let svg = fs::read_to_string(dir.path().join("curves.svg")).unwrap();
+    assert!(svg.contains("a very long task name"), "the start is kept");
+    assert!(svg.contains('…'), "the cut is marked");
+    assert!(!svg.contains("END-OF-TASK"), "the tail is cut");
+    // A short one is left alone.
+    r.task = "short task".into();
+    write_plots(&r, dir.path()).unwrap();
+    let svg = fs::read_to_string(dir.path().join("curves.svg")).unwrap();
+    assert!(svg.contains("Accuracy per round — short task") && !svg.contains('…'));
+}
