@@ -215,29 +215,9 @@ impl FitRound {
         metrics: Metrics,
     ) -> Result<()> {
         self.check_client(client_id)?;
-        match Params::from_safetensors(bytes) {
-            Ok(params) => self.submit(
-                ClientUpdate {
-                    client_id: client_id.to_string(),
-                    params,
-                    num_examples,
-                    metrics,
-                },
-                bytes.len() as u64,
-            ),
-            Err(source) => {
-                self.answered.insert(client_id.to_string());
-                self.ledger.record_up(
-                    self.plan.round,
-                    self.plan.phase,
-                    client_id,
-                    bytes.len() as u64,
-                );
-                let e = FlError::invalid_update(client_id, source);
-                self.failures.push(Failure::new(client_id, e.to_string()));
-                Err(e)
-            }
-        }
+        let params =
+            Params::from_safetensors(bytes).map_err(|e| FlError::invalid_update(client_id, e));
+        self.settle(client_id, bytes.len() as u64, params, num_examples, metrics)
     }
 
     /// Accepts a compressed update as it came over the wire: `bytes` is the client's delta
@@ -257,12 +237,39 @@ impl FitRound {
         metrics: Metrics,
     ) -> Result<()> {
         self.check_client(client_id)?;
-        let decoded = codec.decode(bytes, &self.layout).and_then(|delta| {
-            let mut params = global.clone();
-            params.add_scaled(&delta, 1.0)?;
-            Ok(params)
-        });
-        match decoded {
+        let params = codec
+            .decode(bytes, &self.layout)
+            .and_then(|delta| {
+                let mut params = global.clone();
+                params.add_scaled(&delta, 1.0)?;
+                Ok(params)
+            })
+            .map_err(|e| {
+                let why = match e {
+                    FlError::Codec(m) => m,
+                    e => e.to_string(),
+                };
+                FlError::Codec(format!(
+                    "client `{client_id}` sent an update that is not a `{}` encoding of the \
+                     round's delta ({why}); this round's uploads must be encoded with `{}`",
+                    codec.name(),
+                    codec.name()
+                ))
+            });
+        self.settle(client_id, bytes.len() as u64, params, num_examples, metrics)
+    }
+
+    /// Submits the parameters read from `len` wire bytes, or, when they could not be read,
+    /// records the client as answered with a failure (its bytes still counted as uploaded).
+    fn settle(
+        &mut self,
+        client_id: &str,
+        len: u64,
+        params: Result<Params>,
+        num_examples: u64,
+        metrics: Metrics,
+    ) -> Result<()> {
+        match params {
             Ok(params) => self.submit(
                 ClientUpdate {
                     client_id: client_id.to_string(),
@@ -270,26 +277,12 @@ impl FitRound {
                     num_examples,
                     metrics,
                 },
-                bytes.len() as u64,
+                len,
             ),
             Err(e) => {
                 self.answered.insert(client_id.to_string());
-                self.ledger.record_up(
-                    self.plan.round,
-                    self.plan.phase,
-                    client_id,
-                    bytes.len() as u64,
-                );
-                let why = match e {
-                    FlError::Codec(m) => m,
-                    e => e.to_string(),
-                };
-                let e = FlError::Codec(format!(
-                    "client `{client_id}` sent an update that is not a `{}` encoding of the \
-                     round's delta ({why}); this round's uploads must be encoded with `{}`",
-                    codec.name(),
-                    codec.name()
-                ));
+                self.ledger
+                    .record_up(self.plan.round, self.plan.phase, client_id, len);
                 self.failures.push(Failure::new(client_id, e.to_string()));
                 Err(e)
             }
