@@ -573,14 +573,8 @@ runs = ["PE_Monolingual", "PE_FL (non-IID)"]
 sizes = [2, 4]
 "#;
     let cfg = parse(&experiment(dir.path(), extra)).unwrap();
-    let (r, out) = run_experiment(
-        &cfg,
-        &RunOptions {
-            output: Some(dir.path().join("out")),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let r = run_in(&cfg, dir.path(), "out");
+    let out = dir.path().join("out");
     let points: Vec<(&str, usize)> = r
         .data_efficiency
         .iter()
