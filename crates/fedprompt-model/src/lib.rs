@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod adapter;
+pub mod alloc;
 pub mod backbone;
 pub mod classifier;
 pub mod config;

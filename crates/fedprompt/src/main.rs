@@ -127,6 +127,8 @@ fn init_logging(verbose: u8) {
 }
 
 fn main() -> ExitCode {
+    // Reuse freed activation buffers instead of mapping fresh pages every step.
+    fedprompt_model::alloc::keep_freed_memory();
     // `fedprompt bench` measures each side in its own process: this binary re-executed.
     fedprompt_bench::maybe_run_worker();
     let cli = Cli::parse();

@@ -13,6 +13,8 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Reuse freed activation buffers instead of mapping fresh pages every step.
+    fedprompt_model::alloc::keep_freed_memory();
     fedprompt_bench::maybe_run_worker();
     let cli = Cli::parse();
     fedprompt_bench::run(&cli.opts)?;
