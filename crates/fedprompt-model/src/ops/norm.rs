@@ -4,6 +4,7 @@
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::vmath::{add_layer_norm_row, layer_norm_grad_row, layer_norm_row, row_stats};
 use super::{contiguous_slice, rows_per_task, with_f32};
 
 /// `s = o + res` (written into `o`), then `y = LayerNorm(s)`, row by row in one parallel pass.
@@ -21,11 +22,7 @@ pub(crate) fn add_layer_norm_rows(
         .zip(res.par_chunks(chunk).zip(y.par_chunks_mut(chunk)))
         .for_each(|(o, (res, y))| {
             for ((s, r), y) in o.chunks_mut(h).zip(res.chunks(h)).zip(y.chunks_mut(h)) {
-                s.iter_mut().zip(r).for_each(|(s, &r)| *s += r);
-                let (mean, rstd) = row_stats(s, eps);
-                for (((y, &x), &g), &b) in y.iter_mut().zip(s.iter()).zip(gamma).zip(beta) {
-                    *y = (x - mean) * rstd * g + b;
-                }
+                add_layer_norm_row(s, r, gamma, beta, eps, y);
             }
         });
 }
@@ -45,36 +42,13 @@ pub(crate) fn layer_norm_input_grad_rows(
         .zip(x.par_chunks(chunk).zip(g.par_chunks(chunk)))
         .for_each(|(dx, (x, g))| {
             for ((dx, x), g) in dx.chunks_mut(h).zip(x.chunks(h)).zip(g.chunks(h)) {
-                let (mean, rstd) = row_stats(x, eps);
-                let mut sa = 0f32;
-                let mut sb = 0f32;
-                for i in 0..h {
-                    let xh = (x[i] - mean) * rstd;
-                    let v = g[i] * gamma[i];
-                    sa += v;
-                    sb += v * xh;
-                }
-                let a = sa / h as f32;
-                let b = sb / h as f32;
-                for i in 0..h {
-                    let xh = (x[i] - mean) * rstd;
-                    dx[i] = rstd * (g[i] * gamma[i] - a - xh * b);
-                }
+                layer_norm_grad_row(x, g, gamma, eps, dx);
             }
         });
 }
 
 struct LayerNormOp {
     eps: f32,
-}
-
-/// Mean and 1/σ of one row (two passes, for accuracy).
-#[inline]
-fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
-    let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
-    (mean, 1.0 / (var + eps).sqrt())
 }
 
 impl CustomOp3 for LayerNormOp {
@@ -108,10 +82,7 @@ impl CustomOp3 for LayerNormOp {
             .zip(x.par_chunks(chunk))
             .for_each(|(y, x)| {
                 for (y, x) in y.chunks_mut(h).zip(x.chunks(h)) {
-                    let (mean, rstd) = row_stats(x, self.eps);
-                    for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
-                        *y = (x - mean) * rstd * g + b;
-                    }
+                    layer_norm_row(x, gamma, beta, self.eps, y);
                 }
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))

@@ -127,9 +127,93 @@ dispatch!(
     }
 );
 
+dispatch!(
+    /// `s += r`, then `y = (s − mean) / σ · γ + β` for one row (layer norm after a residual).
+    add_layer_norm_row, add_layer_norm_row_avx512,
+    (s: &mut [f32], r: &[f32], gamma: &[f32], beta: &[f32], eps: f32, y: &mut [f32]), {
+        s.iter_mut().zip(r).for_each(|(s, &r)| *s += r);
+        let (mean, rstd) = row_stats(s, eps);
+        for (((y, &x), &g), &b) in y.iter_mut().zip(s.iter()).zip(gamma).zip(beta) {
+            *y = (x - mean) * rstd * g + b;
+        }
+    }
+);
+
+dispatch!(
+    /// `y = (x − mean) / σ · γ + β` for one row.
+    layer_norm_row, layer_norm_row_avx512,
+    (x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, y: &mut [f32]), {
+        let (mean, rstd) = row_stats(x, eps);
+        for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
+            *y = (x - mean) * rstd * g + b;
+        }
+    }
+);
+
+dispatch!(
+    /// The input gradient of one row's layer norm with constant `γ` at input `x`, for the
+    /// output gradient `g`: `dx = (γg − mean(γg) − x̂ · mean(γg · x̂)) / σ`.
+    layer_norm_grad_row, layer_norm_grad_row_avx512,
+    (x: &[f32], g: &[f32], gamma: &[f32], eps: f32, dx: &mut [f32]), {
+        let h = x.len();
+        let (mean, rstd) = row_stats(x, eps);
+        let mut sa = [0f32; 16];
+        let mut sb = [0f32; 16];
+        let whole = h / 16 * 16;
+        for ((x, g), gm) in x[..whole]
+            .chunks_exact(16)
+            .zip(g[..whole].chunks_exact(16))
+            .zip(gamma[..whole].chunks_exact(16))
+        {
+            for l in 0..16 {
+                let xh = (x[l] - mean) * rstd;
+                let v = g[l] * gm[l];
+                sa[l] += v;
+                sb[l] += v * xh;
+            }
+        }
+        let (mut ta, mut tb) = (sa.iter().sum::<f32>(), sb.iter().sum::<f32>());
+        for i in whole..h {
+            let xh = (x[i] - mean) * rstd;
+            let v = g[i] * gamma[i];
+            ta += v;
+            tb += v * xh;
+        }
+        let a = ta / h as f32;
+        let b = tb / h as f32;
+        for (((dx, &x), &g), &gm) in dx.iter_mut().zip(x).zip(g).zip(gamma) {
+            let xh = (x - mean) * rstd;
+            *dx = rstd * (g * gm - a - xh * b);
+        }
+    }
+);
+
+/// Mean and 1/σ of one row: two passes (the variance around the mean, for accuracy), each in
+/// 16 interleaved partial sums so that it vectorises.
+#[inline(always)]
+pub(crate) fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let n = x.len() as f32;
+    let mean = sum(x) / n;
+    let mut acc = [0f32; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        acc.iter_mut().zip(c).for_each(|(a, &v)| {
+            let d = v - mean;
+            *a += d * d;
+        });
+    }
+    let tail: f32 = chunks
+        .remainder()
+        .iter()
+        .map(|&v| (v - mean) * (v - mean))
+        .sum();
+    let var = (acc.iter().sum::<f32>() + tail) / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
 /// Sum of a slice in 16 interleaved partial sums (vectorisable; the order differs from a
 /// sequential sum by float rounding only).
-#[inline]
+#[inline(always)]
 pub(crate) fn sum(x: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let mut chunks = x.chunks_exact(16);
