@@ -280,6 +280,58 @@ mod tests {
         }
     }
 
+    /// f64 layer norm of one row and its input gradient (constant γ) for output gradient `g`.
+    fn layer_norm_f64(x: &[f32], g: &[f32], gamma: &[f32], beta: &[f32]) -> (Vec<f64>, Vec<f64>) {
+        let n = x.len() as f64;
+        let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+        let rstd = 1.0 / (var + 1e-5).sqrt();
+        let xh: Vec<f64> = x.iter().map(|&v| (v as f64 - mean) * rstd).collect();
+        let y = (0..x.len())
+            .map(|i| xh[i] * gamma[i] as f64 + beta[i] as f64)
+            .collect();
+        let gy: Vec<f64> = (0..x.len())
+            .map(|i| g[i] as f64 * gamma[i] as f64)
+            .collect();
+        let a = gy.iter().sum::<f64>() / n;
+        let b = gy.iter().zip(&xh).map(|(g, x)| g * x).sum::<f64>() / n;
+        let dx = (0..x.len())
+            .map(|i| rstd * (gy[i] - a - xh[i] * b))
+            .collect();
+        (y, dx)
+    }
+
+    #[test]
+    fn layer_norm_rows_match_f64() {
+        // 37: two full 16-lane blocks and a tail; 64: no tail.
+        for h in [37usize, 64] {
+            let x: Vec<f32> = (0..h)
+                .map(|i| (i as f32 * 0.71).sin() * 3.0 + 0.5)
+                .collect();
+            let r: Vec<f32> = (0..h).map(|i| (i as f32 * 0.13).cos()).collect();
+            let g: Vec<f32> = (0..h).map(|i| (i as f32 * 0.29).sin()).collect();
+            let gamma: Vec<f32> = (0..h).map(|i| 1.0 + 0.01 * i as f32).collect();
+            let beta: Vec<f32> = (0..h).map(|i| 0.1 - 0.003 * i as f32).collect();
+            let (y64, dx64) = layer_norm_f64(&x, &g, &gamma, &beta);
+            let mut y = vec![0f32; h];
+            layer_norm_row(&x, &gamma, &beta, 1e-5, &mut y);
+            let mut dx = vec![0f32; h];
+            layer_norm_grad_row(&x, &g, &gamma, 1e-5, &mut dx);
+            // The residual form: s = (x − r) + r gives back x's row.
+            let mut s: Vec<f32> = x.iter().zip(&r).map(|(x, r)| x - r).collect();
+            let mut y2 = vec![0f32; h];
+            add_layer_norm_row(&mut s, &r, &gamma, &beta, 1e-5, &mut y2);
+            for i in 0..h {
+                assert!((y[i] as f64 - y64[i]).abs() < 1e-5, "h {h} y[{i}]");
+                assert!(
+                    (y2[i] as f64 - y64[i]).abs() < 1e-5,
+                    "h {h} residual y[{i}]"
+                );
+                assert!((dx[i] as f64 - dx64[i]).abs() < 1e-5, "h {h} dx[{i}]");
+            }
+        }
+    }
+
     #[test]
     fn sum_matches_f64() {
         let x: Vec<f32> = (0..1003).map(|i| (i as f32 * 0.37).sin()).collect();
