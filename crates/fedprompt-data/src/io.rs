@@ -79,10 +79,18 @@ impl Policy {
                 | DataError::UnknownLabel { line, .. } => Some(*line),
                 _ => None,
             };
+            // The warning prints its own `path:line: `; keep only the error's detail.
+            let full = err.to_string();
+            let detail = match line {
+                Some(l) => full
+                    .strip_prefix(&format!("{}:{l}: ", self.path.display()))
+                    .unwrap_or(&full),
+                None => &full,
+            };
             self.warnings.push(LoadWarning {
                 path: self.path.clone(),
                 line,
-                message: format!("skipped: {err}"),
+                message: format!("skipped: {detail}"),
             });
             Ok(())
         } else {

@@ -111,6 +111,17 @@ fn xnli_errors_name_file_and_line() {
         "{}",
         out.warnings[1]
     );
+    // The warning names its file and line once (the skipped error's own prefix is dropped).
+    let shown = out.warnings[1].to_string();
+    assert_eq!(
+        shown.matches("multinli.train.fr.tsv:4").count(),
+        1,
+        "{shown}"
+    );
+    assert!(
+        shown.contains("multinli.train.fr.tsv:4: skipped: "),
+        "{shown}"
+    );
 
     let (_d, p) = temp_file("x.tsv", b"premise\tlabel\nA.\tentailment\n");
     let err = read_xnli(&p, Some("fr"), &STRICT).unwrap_err();
