@@ -220,7 +220,7 @@ pub fn read_file(path: &Path, args: &DataFormatArgs, labels: &LabelMap) -> Resul
     check_data_file(path, "data file")?;
     let out = read_generic(path, &args.format(), labels, &args.read_options())?;
     for w in &out.warnings {
-        tracing::warn!("skipped: {w}");
+        tracing::warn!("{w}"); // "path:line: skipped: why"
     }
     if !out.warnings.is_empty() {
         eprintln!(
