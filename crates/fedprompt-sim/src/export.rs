@@ -85,11 +85,49 @@ pub fn export_federation(
         msg,
     })?;
 
+    let plan = RunPlan::resolve(&single, &single.runs[0])?;
+    // The server side as the Flower App's run config names it; only strategies whose server
+    // arithmetic is FedAvg's can be reproduced exactly by Flower's own strategy classes.
+    // Checked before the model and data are loaded.
+    let why_not = |kind: &str| {
+        run_err(
+            label,
+            format!(
+                "export reproduces FedAvg and FedProx runs only; `{}` {kind}",
+                plan.strategy.name()
+            ),
+        )
+    };
+    let strategy = match &plan.strategy {
+        StrategyConfig::FedAvg => json!({"strategy": "fedavg"}),
+        StrategyConfig::FedProx { proximal_mu } => {
+            json!({"strategy": "fedprox", "proximal-mu": proximal_mu})
+        }
+        StrategyConfig::FedAdam { .. }
+        | StrategyConfig::FedYogi { .. }
+        | StrategyConfig::FedAdagrad { .. } => {
+            return Err(why_not(
+                "steps a server optimiser (the Flower App can run Flower's \
+                 FedAdam/FedYogi/FedAdagrad, but not to the bit)",
+            ))
+        }
+        StrategyConfig::DpFedAvg { .. } => {
+            return Err(why_not(
+                "adds server-side Gaussian noise drawn from the simulator's seeded generator, \
+                 which a Flower server cannot draw the same",
+            ))
+        }
+        StrategyConfig::Median | StrategyConfig::TrimmedMean { .. } => {
+            return Err(why_not(
+                "aggregates coordinate by coordinate (robust aggregation), which Flower's \
+                 FedAvg-family strategies do not; run it with `fedprompt serve` instead",
+            ))
+        }
+    };
     let backbone = load_backbone(&single.model.path, single.model.dtype)?;
     let data = crate::data::load(&single.data, single.seed)?;
-    // As `run_experiment` resolves this single run; the clients apply the same
+    // `plan` resolves this single run as `run_experiment` does; the clients apply the same
     // `fedprompt_train::text_max_len` to `max_len` (virtual tokens included).
-    let plan = RunPlan::resolve(&single, &single.runs[0])?;
     let max_len = single.model.max_len;
     let labels = data.labels.names().to_vec();
     let seed = plan.seed;
@@ -165,24 +203,6 @@ pub fn export_federation(
             .as_slice(),
     )?;
     let rounds = plan.rounds;
-    // The server side as the Flower App's run config names it; only strategies whose server
-    // arithmetic is FedAvg's can be reproduced exactly by Flower's own strategy classes.
-    let strategy = match &plan.strategy {
-        StrategyConfig::FedAvg => json!({"strategy": "fedavg"}),
-        StrategyConfig::FedProx { proximal_mu } => {
-            json!({"strategy": "fedprox", "proximal-mu": proximal_mu})
-        }
-        other => {
-            return Err(run_err(
-                label,
-                format!(
-                    "export reproduces FedAvg and FedProx runs; {other:?} aggregates with its own \
-                     server optimiser (the Flower App can run Flower's FedAdam/FedYogi/FedAdagrad, \
-                     but not to the bit)"
-                ),
-            ))
-        }
-    };
     write(
         &out.join("run.json"),
         serde_json::to_vec_pretty(&json!({

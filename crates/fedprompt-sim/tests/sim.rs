@@ -603,3 +603,43 @@ sizes = [2, 4]
     assert!(out.join("data_efficiency.csv").exists());
     assert!(out.join("data_efficiency.svg").exists());
 }
+
+#[test]
+fn export_refuses_what_flower_cannot_reproduce_before_loading_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |label: &str, strategy: &str| {
+        format!(
+            "[[run]]\nlabel = \"{label}\"\nparadigm = \"federated\"\nmethod = {{ type = \"head\" }}\nstrategy = {strategy}\n"
+        )
+    };
+    let extra = [
+        run("med", "{ type = \"median\" }"),
+        run(
+            "dp",
+            "{ type = \"dpfedavg\", clip_norm = 1.0, noise_multiplier = 1.0 }",
+        ),
+        run("adam", "{ type = \"fedadam\" }"),
+    ]
+    .concat();
+    let mut cfg = parse(&experiment(dir.path(), &extra)).unwrap();
+    // A model folder that does not exist: the strategy is refused before it would be read.
+    cfg.model.path = dir.path().join("no-such-model").display().to_string();
+    let err = |label: &str| {
+        fedprompt_sim::export_federation(&cfg, label, &dir.path().join("out"), false)
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err("med");
+    assert!(
+        e.contains("coordinate by coordinate") && e.contains("median"),
+        "{e}"
+    );
+    let e = err("dp");
+    assert!(e.contains("Gaussian noise"), "{e}");
+    let e = err("adam");
+    assert!(e.contains("server optimiser"), "{e}");
+    assert!(
+        !dir.path().join("out").exists(),
+        "nothing is written for a refused run"
+    );
+}
