@@ -19,8 +19,10 @@ use rayon::prelude::*;
 
 use super::attention::AttnDropout;
 use super::dropout::{dropout_rows_in_place, mask_in_place};
-use super::layer::{bias_rows, mul_w, mul_wt, FrozenLayerParams, LayerDropout, Vectors};
-use super::norm::{add_layer_norm_rows, layer_norm_input_grad_rows};
+use super::layer::{
+    bias_rows, mul_w, mul_wt, project_residual_norm, FrozenLayerParams, LayerDropout, Vectors,
+};
+use super::norm::layer_norm_input_grad_rows;
 use super::softmax::softmax_row;
 use super::vmath::{gelu_grad_mul_in_place, gelu_into};
 use super::{contiguous_slice, rows_per_task, SendPtr};
@@ -138,21 +140,22 @@ impl FirstRowLayerOp {
                 out.iter_mut().zip(vrow).for_each(|(o, &vv)| *o += w * vv);
             }
         });
-        let mut s1 = bias_rows(&v.out_b, b);
-        mul_wt(&ctx, b, h, &self.p.out_w, &mut s1, true)?;
-        drop(ctx);
-        if let Some((p, seed)) = self.drop.hidden1 {
-            dropout_rows_in_place(&mut s1, h, l, p, seed);
-        }
-        let mut a = vec![0f32; b * h];
-        add_layer_norm_rows(
-            &mut s1,
+        let (s1, a) = project_residual_norm(
+            ctx,
+            b,
+            h,
+            &self.p.out_w,
+            &v.out_b,
+            |s| {
+                if let Some((p, seed)) = self.drop.hidden1 {
+                    dropout_rows_in_place(s, h, l, p, seed);
+                }
+            },
             &x0,
             &v.ln1_g,
             &v.ln1_b,
-            self.p.ln1_eps as f32,
-            &mut a,
-        );
+            self.p.ln1_eps,
+        )?;
         let mut u = bias_rows(&v.inter_b, b);
         mul_wt(&a, b, h, &self.p.inter_w, &mut u, true)?;
         let chunk = f * rows_per_task(f);
@@ -160,21 +163,22 @@ impl FirstRowLayerOp {
         g.par_chunks_mut(chunk)
             .zip(u.par_chunks(chunk))
             .for_each(|(g, u)| gelu_into(u, g));
-        let mut s2 = bias_rows(&v.output_b, b);
-        mul_wt(&g, b, f, &self.p.output_w, &mut s2, true)?;
-        drop(g);
-        if let Some((p, seed)) = self.drop.hidden2 {
-            dropout_rows_in_place(&mut s2, h, l, p, seed);
-        }
-        let mut y = vec![0f32; b * h];
-        add_layer_norm_rows(
-            &mut s2,
+        let (s2, y) = project_residual_norm(
+            g,
+            b,
+            f,
+            &self.p.output_w,
+            &v.output_b,
+            |s| {
+                if let Some((p, seed)) = self.drop.hidden2 {
+                    dropout_rows_in_place(s, h, l, p, seed);
+                }
+            },
             &a,
             &v.ln2_g,
             &v.ln2_b,
-            self.p.ln2_eps as f32,
-            &mut y,
-        );
+            self.p.ln2_eps,
+        )?;
         if self.save {
             *self.saved.lock().expect("first-row-layer: poisoned") = Some(Saved {
                 q,

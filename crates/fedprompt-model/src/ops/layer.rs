@@ -163,6 +163,31 @@ pub(super) fn mul_wt(
     })
 }
 
+/// The tail of a post-LN sublayer: `s = bias + input · Wᵀ` (the input freed as soon as it is
+/// used), `dropout(s)`, `s += res`, then `y = LayerNorm(s)`. Returns `(s, y)`: the pre-norm sum
+/// is what the norm's backward needs.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn project_residual_norm(
+    input: Vec<f32>,
+    rows: usize,
+    k: usize,
+    w: &Tensor,
+    bias: &[f32],
+    dropout: impl FnOnce(&mut [f32]),
+    res: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f64,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let mut s = bias_rows(bias, rows);
+    mul_wt(&input, rows, k, w, &mut s, true)?;
+    drop(input);
+    dropout(&mut s);
+    let mut y = vec![0f32; s.len()];
+    add_layer_norm_rows(&mut s, res, gamma, beta, eps as f32, &mut y);
+    Ok((s, y))
+}
+
 /// `dst (rows×k) [+]= g (rows×n, contiguous) · W` for a weight `w [n, k]` (an input gradient).
 pub(super) fn mul_w(
     g: &[f32],
@@ -226,21 +251,22 @@ impl FrozenLayerOp {
         let mut qkv = bias_rows(&v.qkv_b, t);
         mul_wt(x, t, h, &self.p.qkv_w, &mut qkv, true)?;
         let (ctx, probs) = self.attn.run_forward(&qkv, b, l, h, d);
-        let mut s1 = bias_rows(&v.out_b, t);
-        mul_wt(&ctx, t, h, &self.p.out_w, &mut s1, true)?;
-        drop(ctx);
-        if let Some((p, seed)) = self.drop.hidden1 {
-            dropout_in_place(&mut s1, p, seed);
-        }
-        let mut a = vec![0f32; t * h];
-        add_layer_norm_rows(
-            &mut s1,
+        let (s1, a) = project_residual_norm(
+            ctx,
+            t,
+            h,
+            &self.p.out_w,
+            &v.out_b,
+            |s| {
+                if let Some((p, seed)) = self.drop.hidden1 {
+                    dropout_in_place(s, p, seed);
+                }
+            },
             x,
             &v.ln1_g,
             &v.ln1_b,
-            self.p.ln1_eps as f32,
-            &mut a,
-        );
+            self.p.ln1_eps,
+        )?;
         let mut u = bias_rows(&v.inter_b, t);
         mul_wt(&a, t, h, &self.p.inter_w, &mut u, true)?;
         let chunk = f * rows_per_task(f);
@@ -254,21 +280,22 @@ impl FrozenLayerOp {
             u.par_chunks_mut(chunk).for_each(gelu_in_place);
             std::mem::take(&mut u)
         };
-        let mut s2 = bias_rows(&v.output_b, t);
-        mul_wt(&act, t, f, &self.p.output_w, &mut s2, true)?;
-        drop(act);
-        if let Some((p, seed)) = self.drop.hidden2 {
-            dropout_in_place(&mut s2, p, seed);
-        }
-        let mut y = vec![0f32; t * h];
-        add_layer_norm_rows(
-            &mut s2,
+        let (s2, y) = project_residual_norm(
+            act,
+            t,
+            f,
+            &self.p.output_w,
+            &v.output_b,
+            |s| {
+                if let Some((p, seed)) = self.drop.hidden2 {
+                    dropout_in_place(s, p, seed);
+                }
+            },
             &a,
             &v.ln2_g,
             &v.ln2_b,
-            self.p.ln2_eps as f32,
-            &mut y,
-        );
+            self.p.ln2_eps,
+        )?;
         drop(a);
         if self.save {
             *self.saved.lock().expect("frozen-layer: poisoned") = Some(Saved {
