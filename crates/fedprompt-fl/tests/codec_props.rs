@@ -22,6 +22,16 @@ fn params_strategy(range: f32) -> impl Strategy<Value = Params> {
     })
 }
 
+/// The largest error a symmetric quantiser with `levels` steps each side may make on a block
+/// whose largest magnitude is `max`: half a step (`scale / 2`, `scale = max / levels`) plus
+/// f32 rounding. Computing `x / scale` rounds by at most `levels · 2⁻²⁴` steps (which can tip a
+/// value at a tie to the far neighbour), and the decoder's `q · scale` rounds by at most
+/// `max · 2⁻²⁴`: together at most `max · ε` (ε = 2⁻²³) beyond half a step.
+fn half_step_bound(block: &[f32], levels: f32) -> f32 {
+    let max = block.iter().fold(0f32, |m, x| m.max(x.abs()));
+    (max / levels) * 0.5 + 2.0 * max * f32::EPSILON + f32::MIN_POSITIVE
+}
+
 fn round_trip(codec: Codec, p: &Params) -> Params {
     codec
         .decode(&codec.encode(p).unwrap(), &p.layout())
@@ -44,9 +54,9 @@ proptest! {
     fn int8_error_is_at_most_half_a_step_of_the_tensor_scale(p in params_strategy(100.0)) {
         let q = round_trip(Codec::Int8, &p);
         for ((_, a), (_, b)) in p.iter().zip(q.iter()) {
-            let scale = a.data().iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
+            let bound = half_step_bound(a.data(), 127.0);
             for (x, y) in a.data().iter().zip(b.data()) {
-                prop_assert!((x - y).abs() <= scale * 0.5 * (1.0 + 1e-5) + f32::MIN_POSITIVE, "{} vs {}", x, y);
+                prop_assert!((x - y).abs() <= bound, "{} vs {}", x, y);
             }
         }
     }
@@ -57,9 +67,9 @@ proptest! {
         for ((name, a), (_, b)) in p.iter().zip(q.iter()) {
             let row = if a.shape().len() >= 2 { a.shape()[a.shape().len() - 1] } else { a.len().max(1) };
             for (ra, rb) in a.data().chunks(row).zip(b.data().chunks(row)) {
-                let scale = ra.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
+                let bound = half_step_bound(ra, 127.0);
                 for (x, y) in ra.iter().zip(rb) {
-                    prop_assert!((x - y).abs() <= scale * 0.5 * (1.0 + 1e-5) + f32::MIN_POSITIVE, "{}: {} vs {}", name, x, y);
+                    prop_assert!((x - y).abs() <= bound, "{}: {} vs {}", name, x, y);
                 }
             }
         }
@@ -73,9 +83,9 @@ proptest! {
         for ((name, a), (_, b)) in p.iter().zip(q.iter()) {
             let row = if a.shape().len() >= 2 { a.shape()[a.shape().len() - 1] } else { a.len().max(1) };
             for (ra, rb) in a.data().chunks(row).zip(b.data().chunks(row)) {
-                let scale = ra.iter().fold(0f32, |m, x| m.max(x.abs())) / 7.0;
+                let bound = half_step_bound(ra, 7.0);
                 for (x, y) in ra.iter().zip(rb) {
-                    prop_assert!((x - y).abs() <= scale * 0.5 * (1.0 + 1e-5) + f32::MIN_POSITIVE, "{}: {} vs {}", name, x, y);
+                    prop_assert!((x - y).abs() <= bound, "{}: {} vs {}", name, x, y);
                 }
             }
         }
