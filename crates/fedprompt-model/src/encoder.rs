@@ -280,6 +280,12 @@ impl EncoderLayer {
             ln2_b: self.norm.bias().clone(),
             ln2_eps: self.norm.eps(),
             heads: at.heads,
+            packs: Some([
+                qkv.packs().clone(),
+                at.output.packs().clone(),
+                self.intermediate.packs().clone(),
+                self.output.packs().clone(),
+            ]),
         })
     }
 

@@ -4,13 +4,14 @@
 //! candle's fast `softmax_last_dim` and `LayerNorm` paths have no backward pass, so gradients
 //! would stop there silently; the compositions here are differentiable end to end.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::ops;
+use crate::ops::bf16::WeightPacks;
 pub use crate::ops::linear::FusedAct;
 
 /// Whether the fused CPU kernels apply to this tensor (f32 on the CPU).
@@ -131,6 +132,8 @@ pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
     lora: Option<LoraDelta>,
+    /// The packed copies of a frozen bf16 weight, made on first use (see [`WeightPacks`]).
+    packs: Arc<WeightPacks>,
 }
 
 impl Linear {
@@ -146,6 +149,12 @@ impl Linear {
                 scale: l.scale,
                 dropout: l.dropout,
             }),
+            // A trainable weight changes between calls: its detached copy packs afresh.
+            packs: if self.weight.track_op() {
+                Arc::default()
+            } else {
+                self.packs.clone()
+            },
         }
     }
 
@@ -155,6 +164,7 @@ impl Linear {
             weight,
             bias,
             lora: None,
+            packs: Arc::default(),
         }
     }
 
@@ -172,6 +182,12 @@ impl Linear {
     /// The weight `[out, in]`.
     pub fn weight(&self) -> &Tensor {
         &self.weight
+    }
+
+    /// The packed copies of the weight, shared by every copy of this layer with the same
+    /// constant weight.
+    pub fn packs(&self) -> &Arc<WeightPacks> {
+        &self.packs
     }
 
     /// The bias, if any.
@@ -195,6 +211,7 @@ impl Linear {
             weight: self.weight.clone(),
             bias: self.bias.clone(),
             lora: Some(lora),
+            packs: self.packs.clone(),
         }
     }
 
@@ -218,7 +235,13 @@ impl Linear {
     pub fn forward_act(&self, xs: &Tensor, act: FusedAct, ctx: &ForwardCtx) -> Result<Tensor> {
         if self.lora.is_none() && self.is_frozen() && fusable(xs) && fusable_weight(&self.weight) {
             // One op on `[..., in]` as it is: no reshape nodes in the graph.
-            return ops::linear::frozen_linear(xs, &self.weight, self.bias.as_ref(), act);
+            return ops::linear::frozen_linear_packed(
+                xs,
+                &self.weight,
+                Some(&self.packs),
+                self.bias.as_ref(),
+                act,
+            );
         }
         let dims = xs.dims().to_vec();
         let in_dim = dims[dims.len() - 1];
@@ -227,7 +250,13 @@ impl Linear {
         let fused = self.is_frozen() && fusable(&x2) && fusable_weight(&self.weight);
         let mut y = if fused {
             // A LoRA delta is added before the activation.
-            ops::linear::frozen_linear(&x2, &self.weight, self.bias.as_ref(), FusedAct::Identity)?
+            ops::linear::frozen_linear_packed(
+                &x2,
+                &self.weight,
+                Some(&self.packs),
+                self.bias.as_ref(),
+                FusedAct::Identity,
+            )?
         } else {
             let mut y = x2.matmul(&self.weight.t()?)?;
             if let Some(b) = &self.bias {

@@ -199,7 +199,9 @@ fn bf16_weights_are_the_rounded_f32_ones() {
 /// AMX the activations are rounded to bf16 too, so the reference rounds them as well.
 #[test]
 fn bf16_product_matches_f32_of_rounded_operands() {
-    use fedprompt_model::ops::linear::{frozen_linear, FusedAct};
+    use fedprompt_model::ops::bf16::WeightPacks;
+    use fedprompt_model::ops::linear::{frozen_linear, frozen_linear_packed, FusedAct};
+    use std::sync::Arc;
     for (rows, k, n) in [
         (37usize, 45usize, 50usize),
         (1, 1, 1),
@@ -256,5 +258,34 @@ fn bf16_product_matches_f32_of_rounded_operands() {
             1e-5 * (n as f32).sqrt(),
             &format!("grad {rows}x{k}x{n}"),
         );
+        // With the weight's packed copies kept (as a layer keeps them): the first call packs,
+        // the second reuses; both equal the product that packs afresh, bit for bit.
+        let packs = Arc::new(WeightPacks::default());
+        for call in 0..2 {
+            let yp = frozen_linear_packed(
+                xv.as_tensor(),
+                &w,
+                Some(&packs),
+                Some(&bias),
+                FusedAct::Identity,
+            )
+            .unwrap();
+            assert_eq!(
+                yp.to_vec2::<f32>().unwrap(),
+                y.to_vec2::<f32>().unwrap(),
+                "packed forward, call {call}, {rows}x{k}x{n}"
+            );
+            let grads = (&yp * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            assert_eq!(
+                grads.get(xv.as_tensor()).unwrap().to_vec2::<f32>().unwrap(),
+                dx.to_vec2::<f32>().unwrap(),
+                "packed input gradient, call {call}, {rows}x{k}x{n}"
+            );
+        }
+        // Both layouts are kept on the AMX path (bf16 pairs, padded to the tile grid); the
+        // fallback keeps none.
+        let (kp, np) = (k.div_ceil(32) * 32, n.div_ceil(32) * 32);
+        let want = if amx { 2 * (kp * np + np * kp) } else { 0 };
+        assert_eq!(packs.bytes(), want, "packed bytes {rows}x{k}x{n}");
     }
 }

@@ -27,6 +27,44 @@ pub(crate) struct BMat {
     pub cs: isize,
 }
 
+/// A frozen bf16 weight in the tile unit's layout, packed on first use and then kept.
+#[derive(Debug, Default)]
+pub struct PackCache(OnceLock<PackedB>);
+
+/// A packed `k × n` operand (see `amx::pack_b`).
+#[derive(Debug)]
+struct PackedB {
+    k: usize,
+    n: usize,
+    data: Vec<u16>,
+}
+
+/// The packed copies of one frozen weight `W [n, k]`, one per product it takes part in: `Wᵀ`
+/// for the forward (`x · Wᵀ`) and `W` for the input gradient (`g · W`). Each is packed the
+/// first time the AMX path multiplies by it, so an inference process packs only `Wᵀ`;
+/// without them every product packs the weight afresh (10% of a demo step on the small model).
+///
+/// Only for weights that never change: a layer holds one per frozen linear map and shares it
+/// only with copies of the same constant tensor.
+#[derive(Debug, Default)]
+pub struct WeightPacks {
+    /// `Wᵀ`, the forward's operand.
+    pub(crate) wt: PackCache,
+    /// `W`, the input gradient's operand.
+    pub(crate) w: PackCache,
+}
+
+impl WeightPacks {
+    /// Bytes held by the packed copies made so far.
+    pub fn bytes(&self) -> usize {
+        [&self.wt, &self.w]
+            .iter()
+            .filter_map(|c| c.0.get())
+            .map(|p| p.data.len() * 2)
+            .sum()
+    }
+}
+
 /// Whether the AMX bf16 path is used (detected once; `FEDPROMPT_NO_AMX=1` turns it off, for
 /// comparisons and for tests of the fallback).
 pub fn amx_enabled() -> bool {
@@ -39,7 +77,9 @@ pub fn amx_enabled() -> bool {
     })
 }
 
-/// `dst (m×n, row stride dst_rs) = [dst +] a (m×k, f32) · b (k×n, bf16)`.
+/// `dst (m×n, row stride dst_rs) = [dst +] a (m×k, f32) · b (k×n, bf16)`. With `cache`, `b`
+/// must be the same constant operand (same data, strides and shape) at every call that passes
+/// that cache: its packed form is made once and reused.
 ///
 /// # Safety
 /// Every element addressed by the strides must lie inside live allocations, and no other
@@ -54,6 +94,7 @@ pub(crate) unsafe fn gemm_f32_bf16(
     accumulate: bool,
     a: Mat,
     b: BMat,
+    cache: Option<&PackCache>,
     threads: usize,
 ) {
     if m == 0 || n == 0 {
@@ -69,7 +110,7 @@ pub(crate) unsafe fn gemm_f32_bf16(
     }
     #[cfg(target_arch = "x86_64")]
     if amx_enabled() {
-        amx::gemm(m, n, k, dst, dst_rs, accumulate, a, b, threads);
+        amx::gemm(m, n, k, dst, dst_rs, accumulate, a, b, cache, threads);
         return;
     }
     // Fallback: widen B to a contiguous f32 k×n matrix (exact) and run the f32 GEMM.
@@ -357,13 +398,29 @@ mod amx {
         accumulate: bool,
         a: Mat,
         b: BMat,
+        cache: Option<&PackCache>,
         threads: usize,
     ) {
         let m_pad = m.div_ceil(2 * TR) * 2 * TR;
         let n_pad = n.div_ceil(2 * TR) * 2 * TR;
         let k_pad = k.div_ceil(TK) * TK;
         let ap = pack_a(m, k, m_pad, k_pad, a);
-        let bp = pack_b(k, n, k_pad, n_pad, b);
+        let fresh;
+        let bp: &[u16] = match cache.map(|c| {
+            c.0.get_or_init(|| PackedB {
+                k,
+                n,
+                data: pack_b(k, n, k_pad, n_pad, b),
+            })
+        }) {
+            Some(p) if p.k == k && p.n == n => &p.data,
+            _ => {
+                // No cache, or (a caller's mistake) one packed for another shape.
+                debug_assert!(cache.is_none(), "pack cache of another shape");
+                fresh = pack_b(k, n, k_pad, n_pad, b);
+                &fresh
+            }
+        };
         let col_pairs = n_pad / (2 * TR);
         let parts = threads.clamp(1, col_pairs);
         let per = col_pairs.div_ceil(parts);
@@ -428,13 +485,36 @@ mod amx {
                 for rb in (mb..(mb + mc).min(m_pad)).step_by(2 * TR) {
                     let a0 = ap.add(rb * k_pad);
                     let a1 = a0.add(TR * k_pad);
-                    asm!(
-                        "tilezero tmm0",
-                        "tilezero tmm1",
-                        "tilezero tmm2",
-                        "tilezero tmm3",
-                        options(nostack, nomem)
-                    );
+                    let rows = (m - rb.min(m)).min(2 * TR);
+                    let c0 = cp * 2 * TR;
+                    let ncols = (n - c0.min(n)).min(2 * TR);
+                    // A whole 32×32 block of dst is loaded into (or stored from) the
+                    // accumulator tiles directly; an edge block goes through `out`.
+                    let direct = rows == 2 * TR && ncols == 2 * TR;
+                    let d = dst.add(rb * dst_rs + c0);
+                    let ds = dst_rs * 4; // bytes per dst row
+                    if direct && accumulate {
+                        asm!(
+                            "tileloadd tmm0, [{d0} + {s}]",
+                            "tileloadd tmm1, [{d1} + {s}]",
+                            "tileloadd tmm2, [{d2} + {s}]",
+                            "tileloadd tmm3, [{d3} + {s}]",
+                            d0 = in(reg) d,
+                            d1 = in(reg) d.add(TR),
+                            d2 = in(reg) d.add(TR * dst_rs),
+                            d3 = in(reg) d.add(TR * dst_rs + TR),
+                            s = in(reg) ds,
+                            options(nostack, readonly),
+                        );
+                    } else {
+                        asm!(
+                            "tilezero tmm0",
+                            "tilezero tmm1",
+                            "tilezero tmm2",
+                            "tilezero tmm3",
+                            options(nostack, nomem)
+                        );
+                    }
                     for kb in 0..k_pad / TK {
                         // A tiles: 16 rows × 32 k; B tiles: 16 pair-rows (32 k) × 16 columns.
                         asm!(
@@ -455,6 +535,21 @@ mod amx {
                             options(nostack, readonly),
                         );
                     }
+                    if direct {
+                        asm!(
+                            "tilestored [{d0} + {s}], tmm0",
+                            "tilestored [{d1} + {s}], tmm1",
+                            "tilestored [{d2} + {s}], tmm2",
+                            "tilestored [{d3} + {s}], tmm3",
+                            d0 = in(reg) d,
+                            d1 = in(reg) d.add(TR),
+                            d2 = in(reg) d.add(TR * dst_rs),
+                            d3 = in(reg) d.add(TR * dst_rs + TR),
+                            s = in(reg) ds,
+                            options(nostack),
+                        );
+                        continue;
+                    }
                     // out: a 32×32 f32 block, row stride 32 floats (128 bytes).
                     let o = out.0.as_mut_ptr();
                     asm!(
@@ -469,12 +564,8 @@ mod amx {
                         s = in(reg) 2 * TR * 4,
                         options(nostack),
                     );
-                    let rows = (m - rb.min(m)).min(2 * TR);
-                    let c0 = cp * 2 * TR;
-                    let ncols = (n - c0.min(n)).min(2 * TR);
                     for r in 0..rows {
-                        let d =
-                            std::slice::from_raw_parts_mut(dst.add((rb + r) * dst_rs + c0), ncols);
+                        let d = std::slice::from_raw_parts_mut(d.add(r * dst_rs), ncols);
                         let s = &out.0[r * 2 * TR..r * 2 * TR + ncols];
                         if accumulate {
                             d.iter_mut().zip(s).for_each(|(d, s)| *d += s);

@@ -21,6 +21,7 @@ use super::attention::AttnDropout;
 use super::dropout::{dropout_rows_in_place, mask_in_place};
 use super::layer::{
     bias_rows, mul_w, mul_wt, project_residual_norm, FrozenLayerParams, LayerDropout, Vectors,
+    INTER, OUT, OUTPUT,
 };
 use super::norm::layer_norm_input_grad_rows;
 use super::softmax::softmax_row;
@@ -113,9 +114,25 @@ impl FirstRowLayerOp {
         let x0 = first_rows(x, b, l, h);
         // Queries of position 0 only; keys and values of every position.
         let mut q = bias_rows(&v.qkv_b[..h], b);
-        mul_wt(&x0, b, h, &self.p.qkv_w.narrow(0, 0, h)?, &mut q, true)?;
+        mul_wt(
+            &x0,
+            b,
+            h,
+            &self.p.qkv_w.narrow(0, 0, h)?,
+            None,
+            &mut q,
+            true,
+        )?;
         let mut kv = bias_rows(&v.qkv_b[h..], t);
-        mul_wt(x, t, h, &self.p.qkv_w.narrow(0, h, 2 * h)?, &mut kv, true)?;
+        mul_wt(
+            x,
+            t,
+            h,
+            &self.p.qkv_w.narrow(0, h, 2 * h)?,
+            None,
+            &mut kv,
+            true,
+        )?;
         // The attention row of position 0, per (sequence, head).
         let scale = self.scale(d);
         let mut probs = vec![0f32; b * heads * l];
@@ -145,6 +162,7 @@ impl FirstRowLayerOp {
             b,
             h,
             &self.p.out_w,
+            self.p.wt(OUT),
             &v.out_b,
             |s| {
                 if let Some((p, seed)) = self.drop.hidden1 {
@@ -157,7 +175,7 @@ impl FirstRowLayerOp {
             self.p.ln1_eps,
         )?;
         let mut u = bias_rows(&v.inter_b, b);
-        mul_wt(&a, b, h, &self.p.inter_w, &mut u, true)?;
+        mul_wt(&a, b, h, &self.p.inter_w, self.p.wt(INTER), &mut u, true)?;
         let chunk = f * rows_per_task(f);
         let mut g = vec![0f32; b * f];
         g.par_chunks_mut(chunk)
@@ -168,6 +186,7 @@ impl FirstRowLayerOp {
             b,
             f,
             &self.p.output_w,
+            self.p.wt(OUTPUT),
             &v.output_b,
             |s| {
                 if let Some((p, seed)) = self.drop.hidden2 {
@@ -221,7 +240,15 @@ impl FirstRowLayerOp {
             dropout_rows_in_place(&mut do2, h, l, p, seed);
         }
         let mut dg = vec![0f32; b * f];
-        mul_w(&do2, b, h, &self.p.output_w, &mut dg, false)?;
+        mul_w(
+            &do2,
+            b,
+            h,
+            &self.p.output_w,
+            self.p.w(OUTPUT),
+            &mut dg,
+            false,
+        )?;
         drop(do2);
         let dg = {
             let mut u = u;
@@ -230,7 +257,7 @@ impl FirstRowLayerOp {
         };
         // da = ds2 (residual) + dg · W_in
         let mut da = ds2;
-        mul_w(&dg, b, f, &self.p.inter_w, &mut da, true)?;
+        mul_w(&dg, b, f, &self.p.inter_w, self.p.w(INTER), &mut da, true)?;
         drop(dg);
         // Attention layer norm, dropout and the output projection.
         let mut ds1 = vec![0f32; b * h];
@@ -242,7 +269,7 @@ impl FirstRowLayerOp {
             if let Some((p, seed)) = self.drop.hidden1 {
                 dropout_rows_in_place(&mut x, h, l, p, seed);
             }
-            mul_w(&x, b, h, &self.p.out_w, &mut dctx, false)?;
+            mul_w(&x, b, h, &self.p.out_w, self.p.w(OUT), &mut dctx, false)?;
         }
         // The attention row: dq (position 0), dK and dV (every position).
         let scale = self.scale(d);
@@ -293,12 +320,21 @@ impl FirstRowLayerOp {
             t,
             2 * h,
             &self.p.qkv_w.narrow(0, h, 2 * h)?,
+            None,
             &mut dx,
             false,
         )?;
         drop(dkv);
         let mut d0 = ds1;
-        mul_w(&dq, b, h, &self.p.qkv_w.narrow(0, 0, h)?, &mut d0, true)?;
+        mul_w(
+            &dq,
+            b,
+            h,
+            &self.p.qkv_w.narrow(0, 0, h)?,
+            None,
+            &mut d0,
+            true,
+        )?;
         for bi in 0..b {
             dx[bi * l * h..bi * l * h + h]
                 .iter_mut()

@@ -14,12 +14,13 @@
 //! Numerics are those of the composed ops (the same kernels, the same dropout masks from the
 //! same seeds); `tests/ops.rs` checks values and input gradients against the composed layer.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::attention::{AttentionOp, AttnDropout};
+use super::bf16::{PackCache, WeightPacks};
 use super::dropout::dropout_in_place;
 use super::norm::{add_layer_norm_rows, layer_norm_input_grad_rows};
 use super::vmath::{gelu_grad_mul_in_place, gelu_in_place, gelu_into};
@@ -58,6 +59,27 @@ pub struct FrozenLayerParams {
     pub ln2_eps: f64,
     /// Attention heads.
     pub heads: usize,
+    /// The packed copies of the four weights, in the order above (qkv, out, inter, output);
+    /// `None` packs on every product.
+    pub packs: Option<[Arc<WeightPacks>; 4]>,
+}
+
+/// Indices of [`FrozenLayerParams::packs`].
+pub(super) const QKV: usize = 0;
+pub(super) const OUT: usize = 1;
+pub(super) const INTER: usize = 2;
+pub(super) const OUTPUT: usize = 3;
+
+impl FrozenLayerParams {
+    /// The kept `Wᵀ` (forward) pack of weight `i`.
+    pub(super) fn wt(&self, i: usize) -> Option<&PackCache> {
+        self.packs.as_ref().map(|p| &p[i].wt)
+    }
+
+    /// The kept `W` (input gradient) pack of weight `i`.
+    pub(super) fn w(&self, i: usize) -> Option<&PackCache> {
+        self.packs.as_ref().map(|p| &p[i].w)
+    }
 }
 
 /// Dropout of one layer in training: the attention probabilities', and the seeds of the two
@@ -134,6 +156,7 @@ pub(super) fn mul_wt(
     rows: usize,
     k: usize,
     w: &Tensor,
+    cache: Option<&PackCache>,
     dst: &mut [f32],
     accumulate: bool,
 ) -> Result<()> {
@@ -157,6 +180,7 @@ pub(super) fn mul_wt(
                 wp,
                 1,
                 k as isize,
+                cache,
                 gemm_threads(),
             )
         }
@@ -172,6 +196,7 @@ pub(super) fn project_residual_norm(
     rows: usize,
     k: usize,
     w: &Tensor,
+    cache: Option<&PackCache>,
     bias: &[f32],
     dropout: impl FnOnce(&mut [f32]),
     res: &[f32],
@@ -180,7 +205,7 @@ pub(super) fn project_residual_norm(
     eps: f64,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let mut s = bias_rows(bias, rows);
-    mul_wt(&input, rows, k, w, &mut s, true)?;
+    mul_wt(&input, rows, k, w, cache, &mut s, true)?;
     drop(input);
     dropout(&mut s);
     let mut y = vec![0f32; s.len()];
@@ -194,6 +219,7 @@ pub(super) fn mul_w(
     rows: usize,
     n: usize,
     w: &Tensor,
+    cache: Option<&PackCache>,
     dst: &mut [f32],
     accumulate: bool,
 ) -> Result<()> {
@@ -217,6 +243,7 @@ pub(super) fn mul_w(
                 wp,
                 k as isize,
                 1,
+                cache,
                 gemm_threads(),
             )
         }
@@ -249,13 +276,14 @@ impl FrozenLayerOp {
         let t = b * l;
         let v = &self.v;
         let mut qkv = bias_rows(&v.qkv_b, t);
-        mul_wt(x, t, h, &self.p.qkv_w, &mut qkv, true)?;
+        mul_wt(x, t, h, &self.p.qkv_w, self.p.wt(QKV), &mut qkv, true)?;
         let (ctx, probs) = self.attn.run_forward(&qkv, b, l, h, d);
         let (s1, a) = project_residual_norm(
             ctx,
             t,
             h,
             &self.p.out_w,
+            self.p.wt(OUT),
             &v.out_b,
             |s| {
                 if let Some((p, seed)) = self.drop.hidden1 {
@@ -268,7 +296,7 @@ impl FrozenLayerOp {
             self.p.ln1_eps,
         )?;
         let mut u = bias_rows(&v.inter_b, t);
-        mul_wt(&a, t, h, &self.p.inter_w, &mut u, true)?;
+        mul_wt(&a, t, h, &self.p.inter_w, self.p.wt(INTER), &mut u, true)?;
         let chunk = f * rows_per_task(f);
         let act = if self.save {
             let mut g = vec![0f32; t * f];
@@ -285,6 +313,7 @@ impl FrozenLayerOp {
             t,
             f,
             &self.p.output_w,
+            self.p.wt(OUTPUT),
             &v.output_b,
             |s| {
                 if let Some((p, seed)) = self.drop.hidden2 {
@@ -348,7 +377,15 @@ impl FrozenLayerOp {
             };
             // dg holds u; compute g·W into a fresh buffer, then multiply by GELU'(u) in place.
             let mut gw = vec![0f32; t * f];
-            mul_w(do2, t, h, &self.p.output_w, &mut gw, false)?;
+            mul_w(
+                do2,
+                t,
+                h,
+                &self.p.output_w,
+                self.p.w(OUTPUT),
+                &mut gw,
+                false,
+            )?;
             let chunk = f * rows_per_task(f);
             dg.par_chunks_mut(chunk)
                 .zip(gw.par_chunks(chunk))
@@ -356,7 +393,7 @@ impl FrozenLayerOp {
         }
         // da = ds2 (residual) + du · W_in
         let mut da = ds2;
-        mul_w(&dg, t, f, &self.p.inter_w, &mut da, true)?;
+        mul_w(&dg, t, f, &self.p.inter_w, self.p.w(INTER), &mut da, true)?;
         drop(dg);
         // Attention layer norm.
         let mut ds1 = vec![0f32; t * h];
@@ -368,15 +405,15 @@ impl FrozenLayerOp {
             Some((p, seed)) => {
                 let mut x = ds1.clone();
                 dropout_in_place(&mut x, p, seed);
-                mul_w(&x, t, h, &self.p.out_w, &mut dctx, false)?;
+                mul_w(&x, t, h, &self.p.out_w, self.p.w(OUT), &mut dctx, false)?;
             }
-            None => mul_w(&ds1, t, h, &self.p.out_w, &mut dctx, false)?,
+            None => mul_w(&ds1, t, h, &self.p.out_w, self.p.w(OUT), &mut dctx, false)?,
         }
         let dqkv = self.attn.run_backward(&qkv, &probs, &dctx, b, l, h, d);
         drop((qkv, probs, dctx));
         // dx = ds1 (residual) + dqkv · W_qkv
         let mut dx = ds1;
-        mul_w(&dqkv, t, 3 * h, &self.p.qkv_w, &mut dx, true)?;
+        mul_w(&dqkv, t, 3 * h, &self.p.qkv_w, self.p.w(QKV), &mut dx, true)?;
         Ok(dx)
     }
 }

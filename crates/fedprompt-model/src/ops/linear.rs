@@ -2,11 +2,12 @@
 //! `(dy ⊙ act'(u)) · W`: the weight and bias are constants, so the two GEMMs and the reduction
 //! candle's stock backward spends on their gradients are skipped.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::bf16::WeightPacks;
 use super::{gemm_threads, gemm_weight, rows_per_task, with_f32, with_weight, Mat};
 
 /// An activation fused into the frozen linear layer.
@@ -23,6 +24,8 @@ struct FrozenLinearOp {
     weight: Tensor,
     /// `[out]`, contiguous.
     bias: Option<Tensor>,
+    /// The weight's packed copies, kept by its layer.
+    packs: Option<Arc<WeightPacks>>,
     act: FusedAct,
     /// Whether to keep the pre-activation for the backward of a fused activation.
     save: bool,
@@ -84,6 +87,7 @@ impl CustomOp1 for FrozenLinearOp {
                     w,
                     1,
                     k as isize,
+                    self.packs.as_deref().map(|p| &p.wt),
                     gemm_threads(),
                 )
             }
@@ -130,6 +134,7 @@ impl CustomOp1 for FrozenLinearOp {
                         w,
                         k as isize,
                         1,
+                        self.packs.as_deref().map(|p| &p.w),
                         gemm_threads(),
                     )
                 }
@@ -164,9 +169,22 @@ pub fn frozen_linear(
     bias: Option<&Tensor>,
     act: FusedAct,
 ) -> Result<Tensor> {
+    frozen_linear_packed(x, weight, None, bias, act)
+}
+
+/// [`frozen_linear`] with the weight's packed copies (see [`WeightPacks`]), which must belong
+/// to this very constant weight.
+pub fn frozen_linear_packed(
+    x: &Tensor,
+    weight: &Tensor,
+    packs: Option<&Arc<WeightPacks>>,
+    bias: Option<&Tensor>,
+    act: FusedAct,
+) -> Result<Tensor> {
     let op = FrozenLinearOp {
         weight: weight.contiguous()?,
         bias: bias.map(|b| b.contiguous()).transpose()?,
+        packs: packs.cloned(),
         act,
         save: act != FusedAct::Identity && x.track_op(),
         saved: OnceLock::new(),

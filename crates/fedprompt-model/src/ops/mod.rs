@@ -64,7 +64,8 @@ pub(crate) fn with_weight<R>(t: &Tensor, f: impl FnOnce(WeightPtr, usize) -> R) 
 }
 
 /// `dst = [dst +] a · B` where `B` (k×n) is a weight seen through strides `(rs, cs)`: the f32
-/// GEMM for f32 weights, [`bf16::gemm_f32_bf16`] for bf16 ones.
+/// GEMM for f32 weights, [`bf16::gemm_f32_bf16`] for bf16 ones (with `cache`, the packed form
+/// of this very operand, kept between calls).
 ///
 /// # Safety
 /// As [`sgemm`].
@@ -80,6 +81,7 @@ pub(crate) unsafe fn gemm_weight(
     w: WeightPtr,
     rs: isize,
     cs: isize,
+    cache: Option<&bf16::PackCache>,
     threads: usize,
 ) {
     match w {
@@ -103,6 +105,7 @@ pub(crate) unsafe fn gemm_weight(
             accumulate,
             a,
             bf16::BMat { ptr, rs, cs },
+            cache,
             threads,
         ),
     }
