@@ -280,12 +280,17 @@ impl EncoderLayer {
             ln2_b: self.norm.bias().clone(),
             ln2_eps: self.norm.eps(),
             heads: at.heads,
-            packs: Some([
-                qkv.packs().clone(),
-                at.output.packs().clone(),
-                self.intermediate.packs().clone(),
-                self.output.packs().clone(),
-            ]),
+            packs: match (
+                qkv.packs(),
+                at.output.packs(),
+                self.intermediate.packs(),
+                self.output.packs(),
+            ) {
+                (Some(a), Some(b), Some(c), Some(d)) => {
+                    Some([a.clone(), b.clone(), c.clone(), d.clone()])
+                }
+                _ => None,
+            },
         })
     }
 

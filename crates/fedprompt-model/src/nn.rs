@@ -11,8 +11,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::ops;
-use crate::ops::bf16::WeightPacks;
 pub use crate::ops::linear::FusedAct;
+use crate::ops::packs::WeightPacks;
 
 /// Whether the fused CPU kernels apply to this tensor (f32 on the CPU).
 fn fusable(t: &Tensor) -> bool {
@@ -132,8 +132,10 @@ pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
     lora: Option<LoraDelta>,
-    /// The packed copies of a frozen bf16 weight, made on first use (see [`WeightPacks`]).
-    packs: Arc<WeightPacks>,
+    /// The kept fast-layout copies of a constant weight, made on first use (see
+    /// [`WeightPacks`]); `None` for a detached copy of a trainable weight, which changes
+    /// between calls.
+    packs: Option<Arc<WeightPacks>>,
 }
 
 impl Linear {
@@ -149,9 +151,9 @@ impl Linear {
                 scale: l.scale,
                 dropout: l.dropout,
             }),
-            // A trainable weight changes between calls: its detached copy packs afresh.
+            // A trainable weight changes between calls: its detached copy keeps no copies.
             packs: if self.weight.track_op() {
-                Arc::default()
+                None
             } else {
                 self.packs.clone()
             },
@@ -164,7 +166,7 @@ impl Linear {
             weight,
             bias,
             lora: None,
-            packs: Arc::default(),
+            packs: Some(Arc::default()),
         }
     }
 
@@ -184,10 +186,10 @@ impl Linear {
         &self.weight
     }
 
-    /// The packed copies of the weight, shared by every copy of this layer with the same
-    /// constant weight.
-    pub fn packs(&self) -> &Arc<WeightPacks> {
-        &self.packs
+    /// The kept fast-layout copies of the weight, shared by every copy of this layer with the
+    /// same constant weight (`None` on a detached copy of a trainable weight).
+    pub fn packs(&self) -> Option<&Arc<WeightPacks>> {
+        self.packs.as_ref()
     }
 
     /// The bias, if any.
@@ -238,7 +240,7 @@ impl Linear {
             return ops::linear::frozen_linear_packed(
                 xs,
                 &self.weight,
-                Some(&self.packs),
+                self.packs.as_ref(),
                 self.bias.as_ref(),
                 act,
             );
@@ -253,7 +255,7 @@ impl Linear {
             ops::linear::frozen_linear_packed(
                 &x2,
                 &self.weight,
-                Some(&self.packs),
+                self.packs.as_ref(),
                 self.bias.as_ref(),
                 FusedAct::Identity,
             )?

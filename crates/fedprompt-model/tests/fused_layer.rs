@@ -199,8 +199,8 @@ fn bf16_weights_are_the_rounded_f32_ones() {
 /// AMX the activations are rounded to bf16 too, so the reference rounds them as well.
 #[test]
 fn bf16_product_matches_f32_of_rounded_operands() {
-    use fedprompt_model::ops::bf16::WeightPacks;
     use fedprompt_model::ops::linear::{frozen_linear, frozen_linear_packed, FusedAct};
+    use fedprompt_model::ops::packs::WeightPacks;
     use std::sync::Arc;
     for (rows, k, n) in [
         (37usize, 45usize, 50usize),

@@ -432,3 +432,54 @@ fn dropout_is_seeded_and_matches_its_mask() {
     let b = ForwardCtx::train(3).dropout(x.as_tensor(), 0.1).unwrap();
     assert_eq!(max_abs(&(&a - &b).unwrap()), 0.0);
 }
+
+/// An f32 weight's kept row-major `Wᵀ` (made by the first forward that uses it, reused by the
+/// next) gives the same product as reading `W` column-wise, bit for bit; products too small
+/// for the blocked kernel (which sum in another order) keep reading `W`, and the input
+/// gradient (which reads `W` itself) keeps no copy.
+#[test]
+fn frozen_linear_with_kept_transpose_is_bitwise_the_same() {
+    use fedprompt_model::ops::packs::WeightPacks;
+    use std::sync::Arc;
+    for &(rows, k, n) in &[
+        (1, 1, 1),
+        (7, 13, 5),
+        (1, 64, 300),
+        (17, 16, 16),
+        (300, 2, 10),
+        (2, 3, 200),
+        (150, 48, 130),
+        (320, 384, 96),
+        (40, 200, 70),
+    ] {
+        let w = randn(&[n, k], 80);
+        let b = randn(&[n], 81);
+        let r = randn(&[rows, n], 82);
+        let xv = Var::from_tensor(&randn(&[rows, k], 83)).unwrap();
+        let (y0, g0) = value_and_grad(&xv, &r, |x| {
+            ops::linear::frozen_linear(x, &w, Some(&b), FusedAct::GeluErf).unwrap()
+        });
+        let packs = Arc::new(WeightPacks::default());
+        for call in 0..2 {
+            let (y, g) = value_and_grad(&xv, &r, |x| {
+                ops::linear::frozen_linear_packed(x, &w, Some(&packs), Some(&b), FusedAct::GeluErf)
+                    .unwrap()
+            });
+            let what = format!("{rows}x{k}->{n}, call {call}");
+            assert_eq!(
+                y.to_vec2::<f32>().unwrap(),
+                y0.to_vec2::<f32>().unwrap(),
+                "{what}"
+            );
+            assert_eq!(
+                g.to_vec2::<f32>().unwrap(),
+                g0.to_vec2::<f32>().unwrap(),
+                "{what}"
+            );
+        }
+        // One f32 copy of Wᵀ where the blocked kernel runs (see `ops::gemm_weight`).
+        let blocked = rows > 1 && n > 1 && k > 2 && rows * n > 256;
+        let want = if blocked { 4 * k * n } else { 0 };
+        assert_eq!(packs.bytes(), want, "{rows}x{k}->{n}");
+    }
+}

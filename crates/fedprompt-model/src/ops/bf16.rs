@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use super::packs::PackCache;
 use super::{sgemm, Mat, SendConstPtr, SendPtr};
 
 /// A strided bf16 matrix operand (`ptr[r * rs + c * cs]`, raw bf16 bits).
@@ -25,44 +26,6 @@ pub(crate) struct BMat {
     pub ptr: *const u16,
     pub rs: isize,
     pub cs: isize,
-}
-
-/// A frozen bf16 weight in the tile unit's layout, packed on first use and then kept.
-#[derive(Debug, Default)]
-pub struct PackCache(OnceLock<PackedB>);
-
-/// A packed `k × n` operand (see `amx::pack_b`).
-#[derive(Debug)]
-struct PackedB {
-    k: usize,
-    n: usize,
-    data: Vec<u16>,
-}
-
-/// The packed copies of one frozen weight `W [n, k]`, one per product it takes part in: `Wᵀ`
-/// for the forward (`x · Wᵀ`) and `W` for the input gradient (`g · W`). Each is packed the
-/// first time the AMX path multiplies by it, so an inference process packs only `Wᵀ`;
-/// without them every product packs the weight afresh (10% of a demo step on the small model).
-///
-/// Only for weights that never change: a layer holds one per frozen linear map and shares it
-/// only with copies of the same constant tensor.
-#[derive(Debug, Default)]
-pub struct WeightPacks {
-    /// `Wᵀ`, the forward's operand.
-    pub(crate) wt: PackCache,
-    /// `W`, the input gradient's operand.
-    pub(crate) w: PackCache,
-}
-
-impl WeightPacks {
-    /// Bytes held by the packed copies made so far.
-    pub fn bytes(&self) -> usize {
-        [&self.wt, &self.w]
-            .iter()
-            .filter_map(|c| c.0.get())
-            .map(|p| p.data.len() * 2)
-            .sum()
-    }
 }
 
 /// Whether the AMX bf16 path is used (detected once; `FEDPROMPT_NO_AMX=1` turns it off, for
@@ -406,17 +369,9 @@ mod amx {
         let k_pad = k.div_ceil(TK) * TK;
         let ap = pack_a(m, k, m_pad, k_pad, a);
         let fresh;
-        let bp: &[u16] = match cache.map(|c| {
-            c.0.get_or_init(|| PackedB {
-                k,
-                n,
-                data: pack_b(k, n, k_pad, n_pad, b),
-            })
-        }) {
-            Some(p) if p.k == k && p.n == n => &p.data,
-            _ => {
-                // No cache, or (a caller's mistake) one packed for another shape.
-                debug_assert!(cache.is_none(), "pack cache of another shape");
+        let bp: &[u16] = match cache.and_then(|c| c.tiles(k, n, || pack_b(k, n, k_pad, n_pad, b))) {
+            Some(p) => p,
+            None => {
                 fresh = pack_b(k, n, k_pad, n_pad, b);
                 &fresh
             }

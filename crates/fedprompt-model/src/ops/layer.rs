@@ -20,9 +20,9 @@ use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::attention::{AttentionOp, AttnDropout};
-use super::bf16::{PackCache, WeightPacks};
 use super::dropout::dropout_in_place;
 use super::norm::{add_layer_norm_rows, layer_norm_input_grad_rows};
+use super::packs::{PackCache, WeightPacks};
 use super::vmath::{gelu_grad_mul_in_place, gelu_in_place, gelu_into};
 use super::{contiguous_slice, gemm_threads, gemm_weight, rows_per_task, with_weight, Mat};
 

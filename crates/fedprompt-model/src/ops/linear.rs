@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::bf16::WeightPacks;
+use super::packs::WeightPacks;
 use super::{gemm_threads, gemm_weight, rows_per_task, with_f32, with_weight, Mat};
 
 /// An activation fused into the frozen linear layer.

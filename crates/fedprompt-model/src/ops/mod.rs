@@ -13,6 +13,7 @@ pub mod last_layer;
 pub mod layer;
 pub mod linear;
 pub mod norm;
+pub mod packs;
 pub mod softmax;
 pub(crate) mod vmath;
 
@@ -64,8 +65,15 @@ pub(crate) fn with_weight<R>(t: &Tensor, f: impl FnOnce(WeightPtr, usize) -> R) 
 }
 
 /// `dst = [dst +] a · B` where `B` (k×n) is a weight seen through strides `(rs, cs)`: the f32
-/// GEMM for f32 weights, [`bf16::gemm_f32_bf16`] for bf16 ones (with `cache`, the packed form
-/// of this very operand, kept between calls).
+/// GEMM for f32 weights, [`bf16::gemm_f32_bf16`] for bf16 ones. `cache` keeps this very
+/// operand's fast layout between calls (see [`packs`]): the tile layout of a bf16 weight, a
+/// row-major copy of an f32 weight read column-wise (`rs == 1`, the forward's `Wᵀ`).
+///
+/// The f32 copy is used only where the `gemm` crate runs its blocked kernel for both layouts
+/// (more than one row and column, `k > 2`, more than 16 × 16 outputs): there the sums run in
+/// the same order whatever the operand's layout, so the result is bit for bit the one of
+/// reading `W` column-wise. Its small-size kernels (dot products for `rs == 1`) sum in
+/// another order, so tiny products keep reading `W`.
 ///
 /// # Safety
 /// As [`sgemm`].
@@ -81,21 +89,33 @@ pub(crate) unsafe fn gemm_weight(
     w: WeightPtr,
     rs: isize,
     cs: isize,
-    cache: Option<&bf16::PackCache>,
+    cache: Option<&packs::PackCache>,
     threads: usize,
 ) {
     match w {
-        WeightPtr::F32(ptr) => sgemm(
-            m,
-            n,
-            k,
-            dst,
-            dst_rs,
-            accumulate,
-            a,
-            Mat { ptr, rs, cs },
-            threads,
-        ),
+        WeightPtr::F32(ptr) => {
+            let copy = match cache {
+                Some(c) if rs == 1 && cs != 1 && m > 1 && n > 1 && k > 2 && m * n > 256 => {
+                    c.row_major(k, n, || {
+                        let p = SendConstPtr(ptr);
+                        // SAFETY: (kk, j) for kk < k, j < n lies inside the weight (the contract).
+                        row_major_copy(k, n, |kk, j| unsafe {
+                            *p.get().offset(kk as isize + j as isize * cs)
+                        })
+                    })
+                }
+                _ => None,
+            };
+            let b = match copy {
+                Some(t) => Mat {
+                    ptr: t.as_ptr(),
+                    rs: n as isize,
+                    cs: 1,
+                },
+                None => Mat { ptr, rs, cs },
+            };
+            sgemm(m, n, k, dst, dst_rs, accumulate, a, b, threads)
+        }
         WeightPtr::Bf16(ptr) => bf16::gemm_f32_bf16(
             m,
             n,
@@ -109,6 +129,27 @@ pub(crate) unsafe fn gemm_weight(
             threads,
         ),
     }
+}
+
+/// The `k × n` matrix `at(kk, j)` row-major, built in 64 × 64 blocks (the source is read
+/// column-wise).
+fn row_major_copy(k: usize, n: usize, at: impl Fn(usize, usize) -> f32 + Sync) -> Vec<f32> {
+    use rayon::prelude::*;
+    const B: usize = 64;
+    let mut out = vec![0f32; k * n];
+    out.par_chunks_mut(B * n)
+        .enumerate()
+        .for_each(|(kb, rows)| {
+            let k0 = kb * B;
+            for j0 in (0..n).step_by(B) {
+                for j in j0..(j0 + B).min(n) {
+                    for (i, row) in rows.chunks_mut(n).enumerate() {
+                        row[j] = at(k0 + i, j);
+                    }
+                }
+            }
+        });
+    out
 }
 
 /// A mutable pointer that may be shared by threads writing disjoint parts of one buffer.
