@@ -12,8 +12,12 @@
 use std::time::Instant;
 
 fn rate(m: usize, k: usize, n: usize, column_view: bool, threads: usize, reps: usize) -> f64 {
-    let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 * 1e-3).collect();
-    let w: Vec<f32> = (0..n * k).map(|i| ((i * 104729) % 1000) as f32 * 1e-3).collect();
+    let x: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 7919) % 1000) as f32 * 1e-3)
+        .collect();
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 104729) % 1000) as f32 * 1e-3)
+        .collect();
     let mut wt = vec![0f32; k * n];
     for j in 0..n {
         for kk in 0..k {

@@ -369,13 +369,14 @@ mod amx {
         let k_pad = k.div_ceil(TK) * TK;
         let ap = pack_a(m, k, m_pad, k_pad, a);
         let fresh;
-        let bp: &[u16] = match cache.and_then(|c| c.tiles(k, n, || pack_b(k, n, k_pad, n_pad, b))) {
-            Some(p) => p,
-            None => {
-                fresh = pack_b(k, n, k_pad, n_pad, b);
-                &fresh
-            }
-        };
+        let bp: &[u16] =
+            match cache.and_then(|c| c.tiles(m, k, n, || pack_b(k, n, k_pad, n_pad, b))) {
+                Some(p) => p,
+                None => {
+                    fresh = pack_b(k, n, k_pad, n_pad, b);
+                    &fresh
+                }
+            };
         let col_pairs = n_pad / (2 * TR);
         let parts = threads.clamp(1, col_pairs);
         let per = col_pairs.div_ceil(parts);

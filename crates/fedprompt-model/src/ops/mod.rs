@@ -66,8 +66,9 @@ pub(crate) fn with_weight<R>(t: &Tensor, f: impl FnOnce(WeightPtr, usize) -> R) 
 
 /// `dst = [dst +] a · B` where `B` (k×n) is a weight seen through strides `(rs, cs)`: the f32
 /// GEMM for f32 weights, [`bf16::gemm_f32_bf16`] for bf16 ones. `cache` keeps this very
-/// operand's fast layout between calls (see [`packs`]): the tile layout of a bf16 weight, a
-/// row-major copy of an f32 weight read column-wise (`rs == 1`, the forward's `Wᵀ`).
+/// operand's fast layout between calls (see [`packs`]; only when its first product has few
+/// rows): the tile layout of a bf16 weight, a row-major copy of an f32 weight read column-wise
+/// (`rs == 1`, the forward's `Wᵀ`).
 ///
 /// The f32 copy is used only where the `gemm` crate runs its blocked kernel for both layouts
 /// (more than one row and column, `k > 2`, more than 16 × 16 outputs): there the sums run in
@@ -96,7 +97,7 @@ pub(crate) unsafe fn gemm_weight(
         WeightPtr::F32(ptr) => {
             let copy = match cache {
                 Some(c) if rs == 1 && cs != 1 && m > 1 && n > 1 && k > 2 && m * n > 256 => {
-                    c.row_major(k, n, || {
+                    c.row_major(m, k, n, || {
                         let p = SendConstPtr(ptr);
                         // SAFETY: (kk, j) for kk < k, j < n lies inside the weight (the contract).
                         row_major_copy(k, n, |kk, j| unsafe {

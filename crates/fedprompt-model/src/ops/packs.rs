@@ -10,10 +10,21 @@
 //!   +56% on the feed-forward output (k = 1536) with two threads. The input gradient `g · W`
 //!   reads `W` itself, already row-major.
 //!
+//! Only for products of few rows: the first product that reads a weight in a given layout
+//! decides. Up to [`KEEP_MAX_ROWS`] rows (the demo's batches: a few hundred; the bench's
+//! small-model ones: 256 and 1024) packing the weight costs a large share of each product, and
+//! the copy is made and kept. Beyond (the bench's XLM-R-base batches: 1184 and 4736 rows) the
+//! per-call packing is amortised within the product, so nothing is kept and each frozen
+//! matrix stays in memory once: keeping the copies there measured +0.34 GiB (base-infer peak
+//! memory 0.53 → 0.87 GiB, above the 0.6x-PyTorch budget) for a gain inside the noise.
+//!
 //! Only for weights that never change: a layer holds one [`WeightPacks`] per frozen linear map
 //! and shares it only with copies of the same constant tensor.
 
 use std::sync::OnceLock;
+
+/// A weight whose first product has at most this many rows keeps its fast layouts.
+pub const KEEP_MAX_ROWS: usize = 1024;
 
 /// One kept copy (see the module doc).
 #[derive(Debug, Default)]
@@ -25,35 +36,48 @@ enum Packed {
     Tiles { k: usize, n: usize, data: Vec<u16> },
     /// A `k × n` f32 operand, row-major.
     RowMajor { k: usize, n: usize, data: Vec<f32> },
+    /// The first product had many rows: nothing is kept.
+    Declined,
 }
 
 impl PackCache {
-    /// The kept tile layout of a `k × n` operand, made by `make` on the first call; `None` if
-    /// this cache holds something else (a caller's mistake: the product then packs afresh).
+    /// The kept copy, made on the first call by `make` if the product has at most
+    /// [`KEEP_MAX_ROWS`] rows (else nothing is ever kept).
+    fn get(&self, m: usize, make: impl FnOnce() -> Packed) -> &Packed {
+        self.0.get_or_init(|| {
+            if m <= KEEP_MAX_ROWS {
+                make()
+            } else {
+                Packed::Declined
+            }
+        })
+    }
+
+    /// The kept tile layout of a `k × n` operand in a product of `m` rows (see
+    /// [`PackCache::get`]); `None` when nothing is kept (the product then packs afresh).
     pub(crate) fn tiles(
         &self,
+        m: usize,
         k: usize,
         n: usize,
         make: impl FnOnce() -> Vec<u16>,
     ) -> Option<&[u16]> {
-        match self.0.get_or_init(|| Packed::Tiles { k, n, data: make() }) {
+        match self.get(m, || Packed::Tiles { k, n, data: make() }) {
             Packed::Tiles { k: pk, n: pn, data } if (*pk, *pn) == (k, n) => Some(data),
             _ => None,
         }
     }
 
-    /// The kept row-major copy of a `k × n` operand, made by `make` on the first call; `None`
-    /// if this cache holds something else.
+    /// The kept row-major copy of a `k × n` f32 operand in a product of `m` rows, as
+    /// [`PackCache::tiles`].
     pub(crate) fn row_major(
         &self,
+        m: usize,
         k: usize,
         n: usize,
         make: impl FnOnce() -> Vec<f32>,
     ) -> Option<&[f32]> {
-        match self
-            .0
-            .get_or_init(|| Packed::RowMajor { k, n, data: make() })
-        {
+        match self.get(m, || Packed::RowMajor { k, n, data: make() }) {
             Packed::RowMajor { k: pk, n: pn, data } if (*pk, *pn) == (k, n) => Some(data),
             _ => None,
         }
@@ -63,14 +87,14 @@ impl PackCache {
         match self.0.get() {
             Some(Packed::Tiles { data, .. }) => data.len() * 2,
             Some(Packed::RowMajor { data, .. }) => data.len() * 4,
-            None => 0,
+            Some(Packed::Declined) | None => 0,
         }
     }
 }
 
 /// The kept copies of one frozen weight `W [n, k]`, one per product it takes part in: `wt`
-/// for the forward (`x · Wᵀ`), `w` for the input gradient (`g · W`). Each is made the first
-/// time that product runs, so an inference process makes only `wt`.
+/// for the forward (`x · Wᵀ`), `w` for the input gradient (`g · W`). Each is made (or
+/// declined) the first time that product runs, so an inference process makes only `wt`.
 #[derive(Debug, Default)]
 pub struct WeightPacks {
     /// The forward's operand `Wᵀ`.

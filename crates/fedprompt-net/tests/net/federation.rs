@@ -781,14 +781,19 @@ fn real_model_trainer_federates_prompt_tuning() {
     let threads: Vec<_> = ids
         .iter()
         .zip(&data)
-        .map(|(id, rows)| {
+        .enumerate()
+        .map(|(i, (id, rows))| {
             let file = fx.dir.path().join(format!("{id}.jsonl"));
             write_jsonl(&file, rows);
             let jc = join_config(&fx, port, id);
             std::thread::spawn(move || {
-                let mut t = fedprompt_net::ModelTrainer::new(
-                    fedprompt_net::ModelTrainerConfig::new(tiny_model(), file),
-                );
+                let mut c = fedprompt_net::ModelTrainerConfig::new(tiny_model(), file);
+                // Clients may differ in their backbone's float type (`join --dtype`): the
+                // second one runs bf16 matrices.
+                if i == 1 {
+                    c.dtype = fedprompt_model::WeightDtype::Bf16;
+                }
+                let mut t = fedprompt_net::ModelTrainer::new(c);
                 fedprompt_net::join(jc, &mut t)
             })
         })

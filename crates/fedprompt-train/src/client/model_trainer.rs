@@ -19,6 +19,8 @@ use crate::trainer::TrainConfig;
 pub struct ModelTrainerConfig {
     /// Hugging Face model folder (the same backbone as the federation's).
     pub model_dir: PathBuf,
+    /// Float type of the frozen backbone's matrices (f32, the default, or bf16: fast mode).
+    pub dtype: fedprompt_model::WeightDtype,
     /// Local training data: JSONL/CSV/TSV with text and label columns.
     pub data: PathBuf,
     /// Local evaluation data (same format); the training data when absent.
@@ -41,6 +43,7 @@ impl ModelTrainerConfig {
     pub fn new(model_dir: impl Into<PathBuf>, data: impl Into<PathBuf>) -> Self {
         Self {
             model_dir: model_dir.into(),
+            dtype: fedprompt_model::WeightDtype::default(),
             data: data.into(),
             eval_data: None,
             format: GenericFormat::default(),
@@ -109,7 +112,7 @@ impl ModelTrainer {
 
     fn backbone(&mut self) -> Result<&Backbone, TrainerError> {
         if self.backbone.is_none() {
-            let bb = Backbone::load(&self.cfg.model_dir)
+            let bb = Backbone::load_with(&self.cfg.model_dir, self.cfg.dtype)
                 .map_err(|e| file_error("model folder", &self.cfg.model_dir, e))?;
             self.backbone = Some(bb);
         }

@@ -148,6 +148,11 @@ pub struct LocalArgs {
     /// The model folder (the same model as the federation's; default: the built-in model).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Float type of the frozen backbone's matrices on this client: f32 (exact, the default)
+    /// or bf16 (fast mode: half the weight memory, bf16 products with f32 sums on CPUs with
+    /// AMX). Clients of one federation may differ; the trainable set stays f32 either way.
+    #[arg(long, value_name = "DTYPE", default_value = "f32")]
+    pub dtype: fedprompt_model::WeightDtype,
 }
 
 impl LocalArgs {
@@ -163,6 +168,7 @@ impl LocalArgs {
         };
         let mut t = ModelTrainerConfig::new(model, self.data);
         t.eval_data = self.eval;
+        t.dtype = self.dtype;
         Ok(t)
     }
 }
