@@ -1,7 +1,8 @@
 //! Checkpoints: a [`ServerState`] as one safetensors file, written atomically.
 //!
-//! Tensors: `global/<name>` (F32), `opt.m/<name>` and `opt.v/<name>` (F64).
-//! Everything else is JSON under the `fedprompt.checkpoint` metadata key.
+//! Tensors: `global/<name>` (F32), `opt.m/<name>` and `opt.v/<name>` (F64), and the caller's
+//! [`Annex`] tensors `annex/<name>` (F32). Everything else is JSON under the
+//! `fedprompt.checkpoint` metadata key (the annex's JSON under `fedprompt.annex`).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -25,6 +26,18 @@ const FORMAT_VERSION: u32 = 1;
 const GLOBAL: &str = "global/";
 const OPT_M: &str = "opt.m/";
 const OPT_V: &str = "opt.v/";
+const ANNEX: &str = "annex/";
+
+/// What a caller keeps beside the server's state in the same checkpoint file, so that one
+/// atomic write saves both and a kill can never leave one without the other: its own progress
+/// as text (e.g. JSON) and its own f32 tensors (e.g. the simulator's error-feedback residuals).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Annex {
+    /// The caller's text.
+    pub text: Option<String>,
+    /// The caller's tensors.
+    pub tensors: Params,
+}
 
 #[derive(Serialize, Deserialize)]
 struct Header {
@@ -44,13 +57,11 @@ fn bad(msg: impl Into<String>) -> FlError {
 impl ServerState {
     /// Serialises to checkpoint bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        self.to_bytes_with_annex(None)
+        self.to_bytes_with_annex(&Annex::default())
     }
 
-    /// Like [`ServerState::to_bytes`], with the caller's own progress (`annex`, e.g. JSON)
-    /// stored in the same file, so that both are written by one atomic write and a kill can
-    /// never leave one without the other.
-    pub fn to_bytes_with_annex(&self, annex: Option<&str>) -> Result<Vec<u8>> {
+    /// Like [`ServerState::to_bytes`], with the caller's [`Annex`] in the same file.
+    pub fn to_bytes_with_annex(&self, annex: &Annex) -> Result<Vec<u8>> {
         let opt = match &self.strategy_state {
             StrategyState::Stateless => None,
             StrategyState::FedOpt(s) => Some(s),
@@ -85,9 +96,19 @@ impl ServerState {
                 }
             }
         }
+        for (name, t) in annex.tensors.iter() {
+            views.push((
+                format!("{ANNEX}{name}"),
+                BytesView::new(
+                    Dtype::F32,
+                    t.shape().to_vec(),
+                    Cow::Owned(f32s_to_le(t.data())),
+                ),
+            ));
+        }
         let mut meta = HashMap::from([(META_KEY.to_string(), json)]);
-        if let Some(a) = annex {
-            meta.insert(ANNEX_KEY.to_string(), a.to_string());
+        if let Some(a) = &annex.text {
+            meta.insert(ANNEX_KEY.to_string(), a.clone());
         }
         Ok(safetensors::serialize(views, Some(meta)).map_err(crate::ParamsError::from)?)
     }
@@ -98,7 +119,7 @@ impl ServerState {
     }
 
     /// Reads what [`ServerState::to_bytes_with_annex`] wrote: the state and the annex.
-    pub fn from_bytes_with_annex(bytes: &[u8]) -> Result<(Self, Option<String>)> {
+    pub fn from_bytes_with_annex(bytes: &[u8]) -> Result<(Self, Annex)> {
         let st = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
         let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
         let json = metadata
@@ -112,11 +133,14 @@ impl ServerState {
             })?;
         let header: Header =
             serde_json::from_str(json).map_err(|e| bad(format!("metadata: {e}")))?;
-        let annex = metadata
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(ANNEX_KEY))
-            .cloned();
+        let mut annex = Annex {
+            text: metadata
+                .metadata()
+                .as_ref()
+                .and_then(|m| m.get(ANNEX_KEY))
+                .cloned(),
+            tensors: Params::new(),
+        };
         if header.format_version != FORMAT_VERSION {
             return Err(bad(format!(
                 "format version {} (this build reads {FORMAT_VERSION})",
@@ -147,11 +171,17 @@ impl ServerState {
             } else if let Some(name) = full.strip_prefix(OPT_V) {
                 expect(Dtype::F64)?;
                 v.insert(name.to_string(), le_to_f64s(view.data()));
+            } else if let Some(name) = full.strip_prefix(ANNEX) {
+                expect(Dtype::F32)?;
+                annex
+                    .tensors
+                    .insert_vec(name, view.shape().to_vec(), le_to_f32s(view.data()))?;
             } else {
                 return Err(bad(format!("unexpected tensor `{full}`")));
             }
         }
         global.check_finite()?;
+        annex.tensors.check_finite()?;
         let strategy_state = match header.opt_t {
             None if m.is_empty() && v.is_empty() => StrategyState::Stateless,
             None => return Err(bad("optimiser moments without optimiser state")),
@@ -180,15 +210,11 @@ impl ServerState {
 
     /// Writes the checkpoint atomically ([`fedprompt_io::write_atomic`]).
     pub fn save_checkpoint(&self, path: impl AsRef<Path>) -> Result<()> {
-        self.save_checkpoint_with_annex(path, None)
+        self.save_checkpoint_with_annex(path, &Annex::default())
     }
 
     /// Writes the checkpoint and the caller's annex in one atomic write.
-    pub fn save_checkpoint_with_annex(
-        &self,
-        path: impl AsRef<Path>,
-        annex: Option<&str>,
-    ) -> Result<()> {
+    pub fn save_checkpoint_with_annex(&self, path: impl AsRef<Path>, annex: &Annex) -> Result<()> {
         let path = path.as_ref();
         if path.file_name().is_none() {
             return Err(bad(format!("`{}` is not a file path", path.display())));
@@ -206,7 +232,7 @@ impl ServerState {
     }
 
     /// Reads a checkpoint and its annex.
-    pub fn load_checkpoint_with_annex(path: impl AsRef<Path>) -> Result<(Self, Option<String>)> {
+    pub fn load_checkpoint_with_annex(path: impl AsRef<Path>) -> Result<(Self, Annex)> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|cause| FlError::Io {
             path: path.to_path_buf(),

@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 mod checkpoint;
+pub use checkpoint::Annex;
 pub mod codec;
 mod comm;
 pub mod dp;

@@ -88,6 +88,36 @@ partition = { type = "iid", clients = 3 }
     }
 }
 
+/// With error feedback each client holds back what its codec did not send; the checkpoint
+/// keeps those residuals, so a run killed mid-way and resumed sends the same updates as an
+/// uninterrupted one (before, a resumed run restarted the residuals at zero).
+#[test]
+fn resume_with_error_feedback_equals_uninterrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = r#"
+[[run]]
+label = "PE_FL top-k"
+paradigm = "federated"
+method = { type = "prompt", num_virtual_tokens = 2 }
+partition = { type = "iid", clients = 3 }
+compression = { codec = { type = "topk", fraction = 0.05 } }
+"#;
+    let cfg = parse(&common::experiment_text(dir.path(), "tiny-ef", run)).unwrap();
+    let opts = |out: &str, stop: Option<u64>, resume: bool| RunOptions {
+        output: Some(dir.path().join(out)),
+        stop_after_rounds: stop,
+        resume,
+        ..Default::default()
+    };
+    let (a, _) = run_experiment(&cfg, &opts("a", None, false)).unwrap();
+    let err = run_experiment(&cfg, &opts("b", Some(2), false)).unwrap_err();
+    assert!(err.to_string().contains("stopped after round 2"), "{err}");
+    let (b, _) = run_experiment(&cfg, &opts("b", None, true)).unwrap();
+    assert_eq!(a.comm[0].upload_encoding.as_deref(), Some("topk 5%+ef"));
+    assert_eq!(a.rows, b.rows);
+    assert_eq!(a.curves, b.curves);
+}
+
 #[test]
 fn local_paradigms_run() {
     let dir = tempfile::tempdir().unwrap();

@@ -63,6 +63,13 @@ impl ErrorFeedback {
         Self::default()
     }
 
+    /// A client holding back `residual` (as saved from [`ErrorFeedback::residual`]).
+    pub fn from_residual(residual: Params) -> Self {
+        Self {
+            residual: Some(residual),
+        }
+    }
+
     /// What is held back (zero before the first round).
     pub fn residual(&self) -> Option<&Params> {
         self.residual.as_ref()

@@ -170,7 +170,12 @@ impl RoundClients for SimClients<'_> {
         self.evaluate_global(server.global(), round)?;
         self.progress.seconds += self.started.elapsed().as_secs_f64();
         self.started = Instant::now();
-        save_round(self.state_path, server, &self.progress)?;
+        save_round(
+            self.state_path,
+            server,
+            &self.progress,
+            self.transport.residuals(),
+        )?;
         *self.rounds_done += 1;
         if self.stop_after == Some(*self.rounds_done) {
             self.pb.abandon();
@@ -228,11 +233,12 @@ impl Ctx<'_> {
 
         let clf = Classifier::new(self.backbone, &spec.method, &self.labels, seed)?;
         let strategy = || plan.strategy.build(plan.policy.clone());
-        let (server, progress) = if self.opts.resume && files.state.is_file() {
+        let (server, progress, residuals) = if self.opts.resume && files.state.is_file() {
             load_round(&files.state, strategy()?)?
         } else {
             let initial = to_params(clf.trainable())?;
-            (Server::new(initial, strategy()?)?, FedProgress::new())
+            let server = Server::new(initial, strategy()?)?;
+            (server, FedProgress::new(), BTreeMap::new())
         };
         let mut server = server.with_client_weights(super::privacy::client_weights(plan));
         let m = plan
@@ -263,6 +269,7 @@ impl Ctx<'_> {
             privacy: privacy.clone(),
             transport: Transport::new(plan),
         };
+        clients.transport.restore_residuals(residuals);
         if clients.progress.curve.is_empty() {
             // Round 0: the initial global model, so the curve shows where learning starts.
             clients.evaluate_global(&server.global().clone(), 0)?;

@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use fedprompt_fl::{Server, ServerState, Strategy};
+use std::collections::BTreeMap;
+
+use fedprompt_fl::{Annex, Params, Server, ServerState, Strategy};
 use fedprompt_report::{CommRow, Curve, ParadigmRow, RoundPoint};
 use fedprompt_train::EvalReport;
 use serde::{Deserialize, Serialize};
@@ -93,22 +95,52 @@ pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> 
     serde_json::from_slice(&text).map_err(|e| unreadable(path, e))
 }
 
-/// Saves the server and the progress after a round, in one atomic write.
-pub(crate) fn save_round(path: &Path, server: &Server, progress: &FedProgress) -> Result<()> {
-    let annex = serde_json::to_string(progress).expect("serialisable");
-    server
-        .state()
-        .save_checkpoint_with_annex(path, Some(&annex))?;
+/// Saves the server, the progress and each client's error-feedback residual after a round,
+/// in one atomic write: a resumed run goes on with the residuals an uninterrupted one would
+/// have. Residual tensors are named `<client>/<tensor>` (a `/` or `%` in a client id
+/// percent-encoded).
+pub(crate) fn save_round<'a>(
+    path: &Path,
+    server: &Server,
+    progress: &FedProgress,
+    residuals: impl Iterator<Item = (&'a str, &'a Params)>,
+) -> Result<()> {
+    let mut tensors = Params::new();
+    for (client, r) in residuals {
+        let id = client.replace('%', "%25").replace('/', "%2F");
+        for (name, t) in r.iter() {
+            tensors.insert(format!("{id}/{name}"), t.clone());
+        }
+    }
+    let annex = Annex {
+        text: Some(serde_json::to_string(progress).expect("serialisable")),
+        tensors,
+    };
+    server.state().save_checkpoint_with_annex(path, &annex)?;
     Ok(())
 }
 
-/// Loads what [`save_round`] wrote and resumes the server with `strategy`.
+/// Loads what [`save_round`] wrote and resumes the server with `strategy`: the server, the
+/// run's progress and each client's error-feedback residual.
 pub(crate) fn load_round(
     path: &Path,
     strategy: Box<dyn Strategy>,
-) -> Result<(Server, FedProgress)> {
+) -> Result<(Server, FedProgress, BTreeMap<String, Params>)> {
     let (state, annex) = ServerState::load_checkpoint_with_annex(path)?;
-    let annex = annex.ok_or_else(|| unreadable(path, "it holds no simulator progress"))?;
-    let progress = serde_json::from_str(&annex).map_err(|e| unreadable(path, e))?;
-    Ok((Server::from_state(state, strategy)?, progress))
+    let text = annex
+        .text
+        .ok_or_else(|| unreadable(path, "it holds no simulator progress"))?;
+    let progress = serde_json::from_str(&text).map_err(|e| unreadable(path, e))?;
+    let mut residuals: BTreeMap<String, Params> = BTreeMap::new();
+    for (full, t) in annex.tensors.iter() {
+        let (id, name) = full.split_once('/').ok_or_else(|| {
+            unreadable(
+                path,
+                format!("error-feedback tensor `{full}` names no client"),
+            )
+        })?;
+        let client = id.replace("%2F", "/").replace("%25", "%");
+        residuals.entry(client).or_default().insert(name, t.clone());
+    }
+    Ok((Server::from_state(state, strategy)?, progress, residuals))
 }

@@ -74,6 +74,21 @@ impl Transport {
         }
     }
 
+    /// Each client's error-feedback residual (for the round's checkpoint).
+    pub fn residuals(&self) -> impl Iterator<Item = (&str, &Params)> {
+        self.feedback
+            .iter()
+            .filter_map(|(c, ef)| ef.residual().map(|r| (c.as_str(), r)))
+    }
+
+    /// Goes on with the residuals of a checkpoint (see [`Transport::residuals`]).
+    pub fn restore_residuals(&mut self, saved: BTreeMap<String, Params>) {
+        self.feedback = saved
+            .into_iter()
+            .map(|(c, r)| (c, ErrorFeedback::from_residual(r)))
+            .collect();
+    }
+
     /// How uploads are encoded, for the communication table; `None` for plain f32.
     pub fn label(&self) -> Option<String> {
         if let Some(s) = &self.secagg {
