@@ -448,20 +448,8 @@ mod amx {
                     // accumulator tiles directly; an edge block goes through `out`.
                     let direct = rows == 2 * TR && ncols == 2 * TR;
                     let d = dst.add(rb * dst_rs + c0);
-                    let ds = dst_rs * 4; // bytes per dst row
                     if direct && accumulate {
-                        asm!(
-                            "tileloadd tmm0, [{d0} + {s}]",
-                            "tileloadd tmm1, [{d1} + {s}]",
-                            "tileloadd tmm2, [{d2} + {s}]",
-                            "tileloadd tmm3, [{d3} + {s}]",
-                            d0 = in(reg) d,
-                            d1 = in(reg) d.add(TR),
-                            d2 = in(reg) d.add(TR * dst_rs),
-                            d3 = in(reg) d.add(TR * dst_rs + TR),
-                            s = in(reg) ds,
-                            options(nostack, readonly),
-                        );
+                        load_accumulators(d, dst_rs);
                     } else {
                         asm!(
                             "tilezero tmm0",
@@ -492,34 +480,11 @@ mod amx {
                         );
                     }
                     if direct {
-                        asm!(
-                            "tilestored [{d0} + {s}], tmm0",
-                            "tilestored [{d1} + {s}], tmm1",
-                            "tilestored [{d2} + {s}], tmm2",
-                            "tilestored [{d3} + {s}], tmm3",
-                            d0 = in(reg) d,
-                            d1 = in(reg) d.add(TR),
-                            d2 = in(reg) d.add(TR * dst_rs),
-                            d3 = in(reg) d.add(TR * dst_rs + TR),
-                            s = in(reg) ds,
-                            options(nostack),
-                        );
+                        store_accumulators(d, dst_rs);
                         continue;
                     }
-                    // out: a 32×32 f32 block, row stride 32 floats (128 bytes).
-                    let o = out.0.as_mut_ptr();
-                    asm!(
-                        "tilestored [{o0} + {s}], tmm0",
-                        "tilestored [{o1} + {s}], tmm1",
-                        "tilestored [{o2} + {s}], tmm2",
-                        "tilestored [{o3} + {s}], tmm3",
-                        o0 = in(reg) o,
-                        o1 = in(reg) o.add(TR),
-                        o2 = in(reg) o.add(TR * 2 * TR),
-                        o3 = in(reg) o.add(TR * 2 * TR + TR),
-                        s = in(reg) 2 * TR * 4,
-                        options(nostack),
-                    );
+                    // out: a 32×32 f32 block, row stride 32 floats.
+                    store_accumulators(out.0.as_mut_ptr(), 2 * TR);
                     for r in 0..rows {
                         let d = std::slice::from_raw_parts_mut(d.add(r * dst_rs), ncols);
                         let s = &out.0[r * 2 * TR..r * 2 * TR + ncols];
@@ -537,4 +502,40 @@ mod amx {
 
     #[repr(C, align(64))]
     struct Out([f32; 4 * TR * TR]);
+
+    /// Loads the 32×32 f32 block at `p` (row stride `rs` floats) into the accumulator tiles
+    /// tmm0–3 (top left, top right, bottom left, bottom right).
+    #[inline(always)]
+    unsafe fn load_accumulators(p: *const f32, rs: usize) {
+        asm!(
+            "tileloadd tmm0, [{p0} + {s}]",
+            "tileloadd tmm1, [{p1} + {s}]",
+            "tileloadd tmm2, [{p2} + {s}]",
+            "tileloadd tmm3, [{p3} + {s}]",
+            p0 = in(reg) p,
+            p1 = in(reg) p.add(TR),
+            p2 = in(reg) p.add(TR * rs),
+            p3 = in(reg) p.add(TR * rs + TR),
+            s = in(reg) rs * 4,
+            options(nostack, readonly),
+        );
+    }
+
+    /// Stores the accumulator tiles tmm0–3 as the 32×32 f32 block at `p` (row stride `rs`
+    /// floats), in [`load_accumulators`]' order.
+    #[inline(always)]
+    unsafe fn store_accumulators(p: *mut f32, rs: usize) {
+        asm!(
+            "tilestored [{p0} + {s}], tmm0",
+            "tilestored [{p1} + {s}], tmm1",
+            "tilestored [{p2} + {s}], tmm2",
+            "tilestored [{p3} + {s}], tmm3",
+            p0 = in(reg) p,
+            p1 = in(reg) p.add(TR),
+            p2 = in(reg) p.add(TR * rs),
+            p3 = in(reg) p.add(TR * rs + TR),
+            s = in(reg) rs * 4,
+            options(nostack),
+        );
+    }
 }
