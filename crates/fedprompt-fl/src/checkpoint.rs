@@ -76,15 +76,17 @@ impl ServerState {
         };
         let json = serde_json::to_string(&header).map_err(|e| bad(e.to_string()))?;
         let mut views: Vec<(String, BytesView<'static>)> = Vec::new();
-        for (name, t) in self.global.iter() {
-            views.push((
-                format!("{GLOBAL}{name}"),
-                BytesView::new(
-                    Dtype::F32,
-                    t.shape().to_vec(),
-                    Cow::Owned(f32s_to_le(t.data())),
-                ),
-            ));
+        for (prefix, params) in [(GLOBAL, &self.global), (ANNEX, &annex.tensors)] {
+            for (name, t) in params.iter() {
+                views.push((
+                    format!("{prefix}{name}"),
+                    BytesView::new(
+                        Dtype::F32,
+                        t.shape().to_vec(),
+                        Cow::Owned(f32s_to_le(t.data())),
+                    ),
+                ));
+            }
         }
         if let Some(s) = opt {
             for (prefix, moments) in [(OPT_M, &s.m), (OPT_V, &s.v)] {
@@ -95,16 +97,6 @@ impl ServerState {
                     ));
                 }
             }
-        }
-        for (name, t) in annex.tensors.iter() {
-            views.push((
-                format!("{ANNEX}{name}"),
-                BytesView::new(
-                    Dtype::F32,
-                    t.shape().to_vec(),
-                    Cow::Owned(f32s_to_le(t.data())),
-                ),
-            ));
         }
         let mut meta = HashMap::from([(META_KEY.to_string(), json)]);
         if let Some(a) = &annex.text {
