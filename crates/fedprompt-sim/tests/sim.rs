@@ -116,6 +116,22 @@ compression = { codec = { type = "topk", fraction = 0.05 } }
     assert_eq!(a.comm[0].upload_encoding.as_deref(), Some("topk 5%+ef"));
     assert_eq!(a.rows, b.rows);
     assert_eq!(a.curves, b.curves);
+
+    // A damaged checkpoint is refused with the file named and what to do; it is left as it was.
+    run_experiment(&cfg, &opts("c", Some(1), false)).unwrap_err();
+    let ckpt = std::fs::read_dir(dir.path().join("c/checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "ckpt"))
+        .unwrap();
+    let cut = std::fs::read(&ckpt).unwrap()[..40].to_vec();
+    std::fs::write(&ckpt, &cut).unwrap();
+    let err = run_experiment(&cfg, &opts("c", None, true))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&ckpt.display().to_string()), "{err}");
+    assert!(err.contains("delete it or run without --resume"), "{err}");
+    assert_eq!(std::fs::read(&ckpt).unwrap(), cut);
 }
 
 #[test]

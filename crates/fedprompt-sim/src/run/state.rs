@@ -126,7 +126,8 @@ pub(crate) fn load_round(
     path: &Path,
     strategy: Box<dyn Strategy>,
 ) -> Result<(Server, FedProgress, BTreeMap<String, Params>)> {
-    let (state, annex) = ServerState::load_checkpoint_with_annex(path)?;
+    let (state, annex) =
+        ServerState::load_checkpoint_with_annex(path).map_err(|e| unreadable(path, e))?;
     let text = annex
         .text
         .ok_or_else(|| unreadable(path, "it holds no simulator progress"))?;
