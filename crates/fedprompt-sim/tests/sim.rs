@@ -167,6 +167,77 @@ method = { type = "head" }
     assert!(tables.contains("PE_Monolingual") && tables.contains("PE_Centralized"));
 }
 
+/// Every run of every seed is independent, so several go side by side, each on its own
+/// compute threads: the numbers must be those of one run at a time on all threads, bit for
+/// bit, in the file's order.
+#[test]
+fn runs_side_by_side_give_the_same_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = r#"
+[[run]]
+label = "LoRA_FL (IID)"
+paradigm = "federated"
+method = { type = "lora", r = 2, alpha = 4.0 }
+partition = { type = "iid", clients = 3 }
+[[run]]
+label = "PE_Monolingual"
+paradigm = "monolingual"
+method = { type = "prompt", num_virtual_tokens = 2 }
+[[run]]
+label = "Head_Centralized"
+paradigm = "centralized"
+method = { type = "head" }
+[data_efficiency]
+runs = ["PE_FL (non-IID)"]
+sizes = [2]
+"#;
+    let text = experiment(dir.path(), extra).replace("seed = 3", "seeds = [3, 4]");
+    let cfg = parse(&text).unwrap();
+    // Two compute threads whatever the machine: one run at a time on both, or two runs at
+    // once on one each.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let run = |jobs: usize, name: &str| {
+        let out = dir.path().join(name);
+        let opts = RunOptions {
+            output: Some(out.clone()),
+            jobs: std::num::NonZeroUsize::new(jobs),
+            ..Default::default()
+        };
+        let (r, _) = pool.install(|| run_experiment(&cfg, &opts)).unwrap();
+        (r, out)
+    };
+    let (one, one_out) = run(1, "one");
+    let (two, two_out) = run(2, "two");
+    assert_eq!(one.rows, two.rows);
+    assert_eq!(one.curves, two.curves);
+    assert_eq!(one.comm, two.comm);
+    assert_eq!(one.data_efficiency, two.data_efficiency);
+    let labels: Vec<&str> = two.rows.iter().map(|r| r.paradigm.as_str()).collect();
+    assert_eq!(
+        labels,
+        [
+            "PE_FL (non-IID)",
+            "LoRA_FL (IID)",
+            "PE_Monolingual",
+            "Head_Centralized"
+        ]
+    );
+    assert_eq!(two.rows[0].per_seed.len(), 2);
+    assert!(one.meta["wall time"].contains("one run at once, 2 compute threads each"));
+    assert!(two.meta["wall time"].contains("2 runs at once, 1 compute thread each"));
+    for out in [&one_out, &two_out] {
+        let curves = std::fs::read_to_string(out.join("curves.csv")).unwrap();
+        assert!(curves.lines().count() > 8, "{curves}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(one_out.join("curves.csv")).unwrap(),
+        std::fs::read_to_string(two_out.join("curves.csv")).unwrap()
+    );
+}
+
 #[test]
 fn bad_experiment_files_fail_early() {
     let dir = tempfile::tempdir().unwrap();

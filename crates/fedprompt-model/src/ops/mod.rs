@@ -238,9 +238,31 @@ pub(crate) unsafe fn sgemm(
     )
 }
 
-/// Threads for a large GEMM.
+thread_local! {
+    static GEMM_THREADS: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Threads for a large GEMM: as set by [`with_gemm_threads`] on this thread, else those of the
+/// rayon pool it runs in (an experiment running several runs at once gives each its own pool;
+/// outside any pool, the global one: `RAYON_NUM_THREADS`, else one per core).
 pub(crate) fn gemm_threads() -> usize {
-    candle_core::utils::get_num_threads()
+    GEMM_THREADS
+        .with(|c| c.get())
+        .unwrap_or_else(rayon::current_num_threads)
+}
+
+/// Runs `f` with this thread's GEMMs on `threads` threads (e.g. one part of a batch cut over
+/// the threads). The products' results do not depend on it: rows and columns are split, never
+/// the sum.
+pub(crate) fn with_gemm_threads<R>(threads: usize, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<usize>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            GEMM_THREADS.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(GEMM_THREADS.with(|c| c.replace(Some(threads))));
+    f()
 }
 
 /// Rows per rayon task for row-wise kernels on rows of `width` elements (≈ 16 K elements).

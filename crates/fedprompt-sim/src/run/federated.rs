@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use fedprompt_data::{cap_clients, PartitionSpec, Stratify};
@@ -46,7 +47,7 @@ struct SimClients<'r> {
     pb: &'r ProgressBar,
     progress: FedProgress,
     state_path: &'r Path,
-    rounds_done: &'r mut u64,
+    rounds_done: &'r AtomicU64,
     stop_after: Option<u64>,
     started: Instant,
     last_down: u64,
@@ -176,8 +177,8 @@ impl RoundClients for SimClients<'_> {
             &self.progress,
             self.transport.residuals(),
         )?;
-        *self.rounds_done += 1;
-        if self.stop_after == Some(*self.rounds_done) {
+        let done = self.rounds_done.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.stop_after == Some(done) {
             self.pb.abandon();
             return Err(self.run_err(format!("stopped after round {round} as requested")));
         }
@@ -199,7 +200,7 @@ impl Ctx<'_> {
     /// A federated run; with `cap`, every client's training set is cut to `cap` examples
     /// (the data-efficiency ablation).
     pub(super) fn run_federated(
-        &mut self,
+        &self,
         plan: &RunPlan<'_>,
         cap: Option<usize>,
         files: &RunFiles,
@@ -262,7 +263,7 @@ impl Ctx<'_> {
             pb: &pb,
             progress,
             state_path: &files.state,
-            rounds_done: &mut self.rounds_done,
+            rounds_done: self.rounds_done,
             stop_after: self.opts.stop_after_rounds,
             started: Instant::now(),
             last_down: 0,

@@ -71,11 +71,7 @@ impl Ctx<'_> {
 
     /// A monolingual or centralized run; with `cap`, every language's training set is cut
     /// to `cap` examples (the data-efficiency ablation).
-    pub(super) fn run_local(
-        &mut self,
-        plan: &RunPlan<'_>,
-        cap: Option<usize>,
-    ) -> Result<RunOutcome> {
+    pub(super) fn run_local(&self, plan: &RunPlan<'_>, cap: Option<usize>) -> Result<RunOutcome> {
         let start = Instant::now();
         let spec = plan.spec;
         let train_set = self.capped_train(cap, plan.seed)?;

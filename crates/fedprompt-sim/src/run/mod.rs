@@ -6,6 +6,7 @@
 //! - `privacy`: DP accounting, weight caps and the clients' local-DP step of a federated run;
 //! - `state`: what `--resume` finds (finished runs; a federated run's state per round);
 //! - `results`: rows, curves, distances and notes of the results folder;
+//! - `schedule`: several runs side by side, each on its own compute threads;
 //! - `transport`: how an update reaches the server (plain, compressed, securely aggregated).
 
 mod federated;
@@ -13,11 +14,14 @@ mod local;
 mod plan;
 mod privacy;
 mod results;
+mod schedule;
 mod state;
 mod transport;
 
 use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use fedprompt_data::Example;
@@ -42,8 +46,12 @@ pub struct RunOptions {
     pub progress: bool,
     /// Results folder (overrides the file's `output`).
     pub output: Option<PathBuf>,
-    /// Stop (as if killed) after this many federated rounds in total; for tests of resume.
+    /// Stop (as if killed) after this many federated rounds in total; for tests of resume
+    /// (runs then go one at a time).
     pub stop_after_rounds: Option<u64>,
+    /// Runs at once (default: one per compute thread, at most 4), each with an even share of
+    /// the compute threads; the numbers do not depend on it.
+    pub jobs: Option<NonZeroUsize>,
 }
 
 /// A run label as a file name: lower-case ASCII words joined by `-`.
@@ -77,7 +85,8 @@ struct Ctx<'a> {
     ckpt_dir: PathBuf,
     opts: &'a RunOptions,
     mp: MultiProgress,
-    rounds_done: u64,
+    /// Federated rounds finished in this process, all runs together (for `stop_after_rounds`).
+    rounds_done: &'a AtomicU64,
     /// `seed N` when the experiment runs several seeds (for progress bars).
     tag: Option<String>,
 }
@@ -115,7 +124,7 @@ impl Ctx<'_> {
     /// Runs `plan` (with a per-client cap for the data-efficiency ablation), or reads its
     /// outcome when a resumed experiment finished it before.
     fn run_or_resume(
-        &mut self,
+        &self,
         plan: &RunPlan<'_>,
         cap: Option<usize>,
         key: &str,
@@ -153,6 +162,7 @@ fn io_err(path: &Path, cause: std::io::Error) -> SimError {
 
 /// Runs every run of the experiment (once per seed) and writes the results folder. Returns
 /// the results: with several seeds, means ± standard deviations with each seed's numbers.
+/// Runs go side by side as `opts.jobs` says (see `schedule`); the numbers do not depend on it.
 pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<(RunResults, PathBuf)> {
     cfg.validate().map_err(|msg| SimError::Config {
         path: PathBuf::from(&cfg.name),
@@ -173,19 +183,47 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<(RunR
         mp.set_draw_target(ProgressDrawTarget::hidden());
     }
     let seeds = cfg.run_seeds();
+    let seed_cfgs: Vec<ExperimentConfig> = seeds
+        .iter()
+        .map(|&seed| {
+            let mut c = cfg.clone();
+            c.seed = seed;
+            c
+        })
+        .collect();
+    let rounds_done = AtomicU64::new(0);
+    let prepared = seed_cfgs
+        .iter()
+        .map(|c| {
+            let ckpt_dir = if seeds.len() > 1 {
+                ckpt_root.join(format!("seed-{}", c.seed))
+            } else {
+                ckpt_root.clone()
+            };
+            let tag = (seeds.len() > 1).then(|| format!("seed {}", c.seed));
+            prepare_seed(c, opts, &backbone, ckpt_dir, &mp, tag, &rounds_done)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let jobs = list_jobs(&prepared);
+    // The resume tests' "killed after N rounds in total" needs one run at a time.
+    let asked = if opts.stop_after_rounds.is_some() {
+        NonZeroUsize::new(1)
+    } else {
+        opts.jobs
+    };
+    let schedule = schedule::Schedule::new(asked, jobs.len(), rayon::current_num_threads());
+    let costs: Vec<f64> = jobs.iter().map(|j| j.cost).collect();
+    let mut outcomes = schedule::run_all(&costs, schedule, |i| {
+        let j = &jobs[i];
+        let seed = &prepared[j.seed];
+        seed.ctx.run_or_resume(&seed.plans[j.plan], j.cap, &j.key)
+    })?
+    .into_iter();
+
     let mut per_seed = Vec::new();
-    let mut rounds_done = 0;
     let mut times: BTreeMap<String, f64> = BTreeMap::new();
-    for &seed in &seeds {
-        let mut c = cfg.clone();
-        c.seed = seed;
-        let ckpt_dir = if seeds.len() > 1 {
-            ckpt_root.join(format!("seed-{seed}"))
-        } else {
-            ckpt_root.clone()
-        };
-        let tag = (seeds.len() > 1).then(|| format!("seed {seed}"));
-        let (r, t) = run_seed(&c, opts, &backbone, ckpt_dir, &mp, tag, &mut rounds_done)?;
+    for seed in &prepared {
+        let (r, t) = seed_results(seed, &mut outcomes);
         for (k, v) in t {
             *times.entry(k).or_default() += v;
         }
@@ -212,23 +250,41 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<(RunR
     );
     meta.insert(
         "wall time".into(),
-        format!("{:.0} s", started.elapsed().as_secs_f64()),
+        format!(
+            "{:.0} s ({} at once, {} compute thread{} each)",
+            started.elapsed().as_secs_f64(),
+            if schedule.jobs == 1 {
+                "one run".to_string()
+            } else {
+                format!("{} runs", schedule.jobs)
+            },
+            schedule.threads,
+            if schedule.threads == 1 { "" } else { "s" }
+        ),
     );
     fedprompt_report::write_all(&results, &out)?;
     Ok((results, out))
 }
 
-/// One seed of the experiment: loads and encodes its data sample, runs every run (and the
-/// data-efficiency ablation). Returns the results and each run's seconds.
-fn run_seed(
-    cfg: &ExperimentConfig,
-    opts: &RunOptions,
-    backbone: &Backbone,
+/// One seed of the experiment, ready to run: its data sample loaded and encoded, its runs'
+/// plans resolved.
+struct Seed<'a> {
+    ctx: Ctx<'a>,
+    plans: Vec<RunPlan<'a>>,
+    data: crate::data::ExperimentData,
+    max_len: usize,
+}
+
+/// Loads and encodes one seed's data sample and resolves its plans.
+fn prepare_seed<'a>(
+    cfg: &'a ExperimentConfig,
+    opts: &'a RunOptions,
+    backbone: &'a Backbone,
     ckpt_dir: PathBuf,
     mp: &MultiProgress,
     tag: Option<String>,
-    rounds_done: &mut u64,
-) -> Result<(RunResults, Vec<(String, f64)>)> {
+    rounds_done: &'a AtomicU64,
+) -> Result<Seed<'a>> {
     let plans = cfg
         .runs
         .iter()
@@ -239,7 +295,7 @@ fn run_seed(
     check_data(cfg, &data)?;
     let max_len = text_max_len(cfg, backbone)?;
     let text = backbone.text_encoder().clone().with_max_len(max_len)?;
-    let mut ctx = Ctx {
+    let ctx = Ctx {
         cfg,
         backbone,
         labels: data.labels.names().to_vec(),
@@ -251,14 +307,85 @@ fn run_seed(
         ckpt_dir,
         opts,
         mp: mp.clone(),
-        rounds_done: *rounds_done,
+        rounds_done,
         tag,
     };
+    Ok(Seed {
+        ctx,
+        plans,
+        data,
+        max_len,
+    })
+}
 
+/// One run to do: a plan of a seed, capped for the data-efficiency ablation.
+struct Job {
+    seed: usize,
+    plan: usize,
+    cap: Option<usize>,
+    /// The run's file name (checkpoint, outcome).
+    key: String,
+    /// A rough cost for the schedule (passes over the data × examples): costly runs start
+    /// first.
+    cost: f64,
+}
+
+/// Every run of every seed in the file's order: the runs, then the data-efficiency reruns.
+fn list_jobs(seeds: &[Seed<'_>]) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    for (s, seed) in seeds.iter().enumerate() {
+        let cost = |plan: &RunPlan<'_>, cap: Option<usize>| {
+            let passes = match plan.spec.paradigm {
+                Paradigm::Federated => plan.rounds as f64 * plan.local_epochs as f64,
+                _ => plan.epochs as f64,
+            };
+            let examples = cap.map_or(seed.ctx.train.len(), |n| {
+                (n * seed.ctx.cfg.data.languages.len()).min(seed.ctx.train.len())
+            });
+            passes * examples as f64
+        };
+        for (p, plan) in seed.plans.iter().enumerate() {
+            jobs.push(Job {
+                seed: s,
+                plan: p,
+                cap: None,
+                key: slug(&plan.spec.label),
+                cost: cost(plan, None),
+            });
+        }
+        if let Some(de) = &seed.ctx.cfg.data_efficiency {
+            for label in de.labels() {
+                let p = seed
+                    .plans
+                    .iter()
+                    .position(|p| p.spec.label == label)
+                    .expect("validated");
+                for &n in &de.sizes {
+                    jobs.push(Job {
+                        seed: s,
+                        plan: p,
+                        cap: Some(n),
+                        key: format!("{}-cap-{n}", slug(&seed.plans[p].spec.label)),
+                        cost: cost(&seed.plans[p], Some(n)),
+                    });
+                }
+            }
+        }
+    }
+    jobs
+}
+
+/// One seed's results from its runs' outcomes (taken from `outcomes` in [`list_jobs`]'s
+/// order). Returns the results and each run's seconds.
+fn seed_results(
+    seed: &Seed<'_>,
+    outcomes: &mut impl Iterator<Item = RunOutcome>,
+) -> (RunResults, Vec<(String, f64)>) {
+    let (cfg, data) = (seed.ctx.cfg, &seed.data);
     let mut results = RunResults {
         experiment: cfg.name.clone(),
         task: cfg.task.clone(),
-        model: backbone.folder().display().to_string(),
+        model: seed.ctx.backbone.folder().display().to_string(),
         seed: cfg.seed,
         seeds: Vec::new(),
         languages: cfg.data.languages.clone(),
@@ -270,8 +397,8 @@ fn run_seed(
         meta: BTreeMap::new(),
     };
     let mut timings = Vec::new();
-    for plan in &plans {
-        let outcome = ctx.run_or_resume(plan, None, &slug(&plan.spec.label))?;
+    for plan in &seed.plans {
+        let outcome = outcomes.next().expect("one outcome per job");
         tracing::info!(run = %plan.spec.label, seed = cfg.seed, avg = outcome.row.average, "run finished");
         timings.push((plan.spec.label.clone(), outcome.seconds));
         if let Some(note) = &outcome.privacy {
@@ -285,15 +412,10 @@ fn run_seed(
     }
     if let Some(de) = &cfg.data_efficiency {
         for label in de.labels() {
-            let plan = plans
-                .iter()
-                .find(|p| p.spec.label == label)
-                .expect("validated");
             for &n in &de.sizes {
-                let key = format!("{}-cap-{n}", slug(&plan.spec.label));
-                let outcome = ctx.run_or_resume(plan, Some(n), &key)?;
+                let outcome = outcomes.next().expect("one outcome per job");
                 results.data_efficiency.push(DataEffPoint {
-                    paradigm: plan.spec.label.clone(),
+                    paradigm: label.to_string(),
                     train_size: n,
                     accuracy: outcome.row.average,
                     sd: None,
@@ -301,7 +423,6 @@ fn run_seed(
             }
         }
     }
-    *rounds_done = ctx.rounds_done;
     if cfg.language_distance {
         results::add_distances(&mut results, &cfg.data.languages);
     }
@@ -309,7 +430,10 @@ fn run_seed(
     meta.insert("train examples".into(), results::counts(&data.train));
     meta.insert("eval examples".into(), results::counts(&data.eval));
     meta.insert("labels".into(), data.labels.names().join(", "));
-    meta.insert("max tokens".into(), format!("{max_len} (+ virtual tokens)"));
+    meta.insert(
+        "max tokens".into(),
+        format!("{} (+ virtual tokens)", seed.max_len),
+    );
     meta.insert(
         "selection".into(),
         "every row reports the epoch/round with the best average eval accuracy; training stops after `patience` epochs/rounds without improvement (early stopping on eval, as the paper)".into(),
@@ -317,7 +441,7 @@ fn run_seed(
     if data.warnings > 0 {
         meta.insert("skipped lines".into(), data.warnings.to_string());
     }
-    Ok((results, timings))
+    (results, timings)
 }
 
 /// Every language has evaluation examples and training examples.

@@ -36,6 +36,12 @@ pub struct Args {
     /// clients), print examples per language and label and the plan, and stop: no training.
     #[arg(long)]
     pub check: bool,
+    /// Runs at once (every run of every seed is independent): default one per compute thread,
+    /// at most 4, each with an even share of the threads (`RAYON_NUM_THREADS`, else the
+    /// cores). The numbers are the same for any value; `--jobs 1` runs one at a time on all
+    /// threads (less memory: each run holds its own activations).
+    #[arg(short, long, value_name = "N")]
+    pub jobs: Option<std::num::NonZeroUsize>,
 }
 
 /// Runs the command.
@@ -59,6 +65,7 @@ pub fn run(args: Args, g: &Globals) -> anyhow::Result<()> {
         progress: !g.quiet,
         output: args.output,
         stop_after_rounds: None,
+        jobs: args.jobs,
     };
     let (results, out) = run_experiment(&cfg, &opts)
         .with_context(|| format!("experiment {}", args.file.display()))?;
