@@ -17,6 +17,29 @@ use crate::tokenize::Batch;
 use crate::trainable::TrainableSet;
 use crate::weights::ParamSource;
 
+/// Fewest rows (sequences × positions) per part for an inference batch to be cut.
+pub const MIN_PART_ROWS: usize = 256;
+
+/// How many parts an inference batch is cut into: one per compute thread of the current rayon
+/// pool when every part still has at least [`MIN_PART_ROWS`] rows, else 1 (also with
+/// `FEDPROMPT_NO_BATCH_SPLIT=1`). Why: products of a few hundred rows per thread fit the
+/// core's L2, and two single-threaded products side by side ran faster than one product split
+/// over two threads (docs/performance.md). Rows are computed independently and each part keeps
+/// the batch's padded length, so the logits do not change.
+pub fn eval_parts(batch: &Batch, virtual_tokens: usize) -> usize {
+    let threads = rayon::current_num_threads();
+    if threads < 2 || std::env::var_os("FEDPROMPT_NO_BATCH_SPLIT").is_some_and(|v| v == "1") {
+        return 1;
+    }
+    let len = batch.input_ids.dims().get(1).copied().unwrap_or(0) + virtual_tokens;
+    let per_part = batch.len() / threads;
+    if per_part * len >= MIN_PART_ROWS {
+        threads
+    } else {
+        1
+    }
+}
+
 #[derive(Clone, Debug)]
 enum PromptSource {
     None,
@@ -268,16 +291,38 @@ impl Classifier {
     }
 
     /// Logits `[B, labels]` for a batch. In eval mode nothing is recorded for autograd, so
-    /// activations are freed as the forward pass goes (inference memory stays flat).
+    /// activations are freed as the forward pass goes (inference memory stays flat), and a
+    /// large enough batch is cut into one part per compute thread, each part's products run
+    /// on one thread ([`eval_parts`]); the logits are the same bit for bit.
     pub fn forward(&self, batch: &Batch, ctx: &ForwardCtx) -> candle_core::Result<Tensor> {
         let prompt = self.prompt_embeddings()?;
         if ctx.records_grad() {
-            self.forward_with(&self.encoder, &self.head, prompt, batch, ctx)
-        } else {
-            let enc = self.encoder.detached();
-            let head = self.head.detached();
-            self.forward_with(&enc, &head, prompt.map(|p| p.detach()), batch, ctx)
+            return self.forward_with(&self.encoder, &self.head, prompt, batch, ctx);
         }
+        let enc = self.encoder.detached();
+        let head = self.head.detached();
+        let prompt = prompt.map(|p| p.detach());
+        let virtual_tokens = match &prompt {
+            Some(p) => p.dim(0)?,
+            None => 0,
+        };
+        let parts = eval_parts(batch, virtual_tokens);
+        if parts <= 1 {
+            return self.forward_with(&enc, &head, prompt, batch, ctx);
+        }
+        use rayon::prelude::*;
+        let b = batch.len();
+        let logits = (0..parts)
+            .into_par_iter()
+            .map(|p| {
+                let (start, end) = (b * p / parts, b * (p + 1) / parts);
+                let part = batch.narrow(start, end - start)?;
+                crate::ops::with_gemm_threads(1, || {
+                    self.forward_with(&enc, &head, prompt.clone(), &part, ctx)
+                })
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Tensor::cat(&logits, 0)
     }
 
     fn forward_with(

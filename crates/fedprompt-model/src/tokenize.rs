@@ -80,6 +80,29 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.lengths.is_empty()
     }
+
+    /// Rows `start..start + len`, padded to the same length as the whole batch.
+    pub fn narrow(&self, start: usize, len: usize) -> candle_core::Result<Batch> {
+        let lengths = self
+            .lengths
+            .get(start..start.saturating_add(len))
+            .ok_or_else(|| {
+                candle_core::Error::Msg(format!(
+                    "rows {start}..{} of a batch of {}",
+                    start.saturating_add(len),
+                    self.len()
+                ))
+            })?;
+        Ok(Batch {
+            input_ids: self.input_ids.narrow(0, start, len)?,
+            attention_mask: self.attention_mask.narrow(0, start, len)?,
+            token_type_ids: match &self.token_type_ids {
+                Some(t) => Some(t.narrow(0, start, len)?),
+                None => None,
+            },
+            lengths: lengths.to_vec(),
+        })
+    }
 }
 
 /// A Hugging Face tokenizer with truncation to a maximum length.

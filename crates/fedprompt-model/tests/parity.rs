@@ -240,3 +240,57 @@ fn text_init_matches_peft() {
         assert_eq!(max_abs_diff(&p, r), 0.0, "text init with {n} tokens");
     }
 }
+
+/// An inference batch large enough is cut into one part per compute thread (each part's
+/// products on one thread); the logits must be those of the whole batch on one thread, bit
+/// for bit, for every method and both families, f32 and bf16.
+#[test]
+fn inference_batch_cut_over_threads_gives_the_same_logits() {
+    use fedprompt_model::classifier::{eval_parts, MIN_PART_ROWS};
+    let pool = |n: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap()
+    };
+    let (one, two) = (pool(1), pool(2));
+    for family in ["xlmr", "bert"] {
+        for dtype in [
+            fedprompt_model::WeightDtype::F32,
+            fedprompt_model::WeightDtype::Bf16,
+        ] {
+            let dir = fixtures().join(format!("tiny-{family}"));
+            let backbone = Backbone::load_with(&dir, dtype).unwrap();
+            let texts: Vec<TextInput> = (0..37)
+                .map(|i| TextInput {
+                    text: [
+                        "hello world",
+                        "the final match of the team",
+                        "Börse price bank",
+                    ][i % 3]
+                        .repeat(1 + i % 4),
+                    text_pair: None,
+                })
+                .collect();
+            let batch = backbone.text_encoder().batch(&texts).unwrap();
+            for m in ["prompt", "prompt-encoder", "lora", "head"] {
+                let clf = Classifier::new(&backbone, &method(m), &labels3(), 5).unwrap();
+                let virtual_tokens = if m.starts_with("prompt") { 4 } else { 0 };
+                let len = batch.input_ids.dims()[1] + virtual_tokens;
+                assert!(
+                    18 * len >= MIN_PART_ROWS,
+                    "the batch is too small to be cut"
+                );
+                assert_eq!(two.install(|| eval_parts(&batch, virtual_tokens)), 2);
+                assert_eq!(one.install(|| eval_parts(&batch, virtual_tokens)), 1);
+                let eval = ForwardCtx::eval();
+                let whole = one.install(|| clf.forward(&batch, &eval)).unwrap();
+                let cut = two.install(|| clf.forward(&batch, &eval)).unwrap();
+                assert_eq!(cut.dims(), &[37, 3]);
+                let (a, b): (Vec<Vec<f32>>, Vec<Vec<f32>>) =
+                    (whole.to_vec2().unwrap(), cut.to_vec2().unwrap());
+                assert_eq!(a, b, "{family} {m} {dtype:?}");
+            }
+        }
+    }
+}

@@ -445,11 +445,19 @@ mod amx {
                     let c0 = cp * 2 * TR;
                     let ncols = (n - c0.min(n)).min(2 * TR);
                     // A whole 32×32 block of dst is loaded into (or stored from) the
-                    // accumulator tiles directly; an edge block goes through `out`.
+                    // accumulator tiles directly; an edge block goes through `out`. Either
+                    // way the sum starts from dst's value, so a row's result does not depend
+                    // on where it lies in the batch.
                     let direct = rows == 2 * TR && ncols == 2 * TR;
                     let d = dst.add(rb * dst_rs + c0);
                     if direct && accumulate {
                         load_accumulators(d, dst_rs);
+                    } else if accumulate {
+                        for r in 0..rows {
+                            let src = std::slice::from_raw_parts(d.add(r * dst_rs), ncols);
+                            out.0[r * 2 * TR..r * 2 * TR + ncols].copy_from_slice(src);
+                        }
+                        load_accumulators(out.0.as_ptr(), 2 * TR);
                     } else {
                         asm!(
                             "tilezero tmm0",
@@ -487,12 +495,7 @@ mod amx {
                     store_accumulators(out.0.as_mut_ptr(), 2 * TR);
                     for r in 0..rows {
                         let d = std::slice::from_raw_parts_mut(d.add(r * dst_rs), ncols);
-                        let s = &out.0[r * 2 * TR..r * 2 * TR + ncols];
-                        if accumulate {
-                            d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
-                        } else {
-                            d.copy_from_slice(s);
-                        }
+                        d.copy_from_slice(&out.0[r * 2 * TR..r * 2 * TR + ncols]);
                     }
                 }
             }
