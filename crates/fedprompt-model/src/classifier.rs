@@ -17,27 +17,18 @@ use crate::tokenize::Batch;
 use crate::trainable::TrainableSet;
 use crate::weights::ParamSource;
 
-/// Fewest rows (sequences × positions) per part for an inference batch to be cut.
-pub const MIN_PART_ROWS: usize = 256;
+pub use crate::ops::MIN_PART_ROWS;
 
-/// How many parts an inference batch is cut into: one per compute thread of the current rayon
-/// pool when every part still has at least [`MIN_PART_ROWS`] rows, else 1 (also with
-/// `FEDPROMPT_NO_BATCH_SPLIT=1`). Why: products of a few hundred rows per thread fit the
-/// core's L2, and two single-threaded products side by side ran faster than one product split
-/// over two threads (docs/performance.md). Rows are computed independently and each part keeps
-/// the batch's padded length, so the logits do not change.
+/// How many parts an inference batch is cut into: one per compute thread when every part
+/// still has at least [`MIN_PART_ROWS`] rows (sequences × positions, virtual tokens included),
+/// else 1 (also with `FEDPROMPT_NO_BATCH_SPLIT=1`). Each part then runs the whole model with
+/// its products on one thread. Why: products of a few hundred rows per thread fit the core's
+/// L2, and two single-threaded products side by side ran faster than one product split over
+/// two threads (docs/performance.md). Rows are computed independently and each part keeps the
+/// batch's padded length, so the logits do not change.
 pub fn eval_parts(batch: &Batch, virtual_tokens: usize) -> usize {
-    let threads = rayon::current_num_threads();
-    if threads < 2 || std::env::var_os("FEDPROMPT_NO_BATCH_SPLIT").is_some_and(|v| v == "1") {
-        return 1;
-    }
     let len = batch.input_ids.dims().get(1).copied().unwrap_or(0) + virtual_tokens;
-    let per_part = batch.len() / threads;
-    if per_part * len >= MIN_PART_ROWS {
-        threads
-    } else {
-        1
-    }
+    crate::ops::batch_parts(batch.len(), len).len()
 }
 
 #[derive(Clone, Debug)]

@@ -294,3 +294,71 @@ fn inference_batch_cut_over_threads_gives_the_same_logits() {
         }
     }
 }
+
+/// A training step's batch large enough is cut into one part per thread inside every frozen
+/// layer (forward and backward, dropout on): loss and every trainable gradient must be those
+/// of one thread, bit for bit.
+#[test]
+fn training_step_cut_over_threads_gives_the_same_gradients() {
+    let pool = |n: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap()
+    };
+    let (one, two) = (pool(1), pool(2));
+    for family in ["xlmr", "bert"] {
+        for dtype in [
+            fedprompt_model::WeightDtype::F32,
+            fedprompt_model::WeightDtype::Bf16,
+        ] {
+            let dir = fixtures().join(format!("tiny-{family}"));
+            let backbone = Backbone::load_with(&dir, dtype).unwrap();
+            let texts: Vec<TextInput> = (0..29)
+                .map(|i| TextInput {
+                    text: [
+                        "hello world",
+                        "the final match of the team",
+                        "Börse price bank",
+                    ][i % 3]
+                        .repeat(2 + i % 3),
+                    text_pair: None,
+                })
+                .collect();
+            let batch = backbone.text_encoder().batch(&texts).unwrap();
+            let y: Vec<u32> = (0..29).map(|i| (i % 3) as u32).collect();
+            let y = candle_core::Tensor::new(y.as_slice(), &candle_core::Device::Cpu).unwrap();
+            for m in ["prompt", "prompt-encoder"] {
+                let clf = Classifier::new(&backbone, &method(m), &labels3(), 5).unwrap();
+                let len = batch.input_ids.dims()[1] + 4;
+                assert!(14 * len >= fedprompt_model::classifier::MIN_PART_ROWS);
+                let step = || {
+                    let logits = clf.forward(&batch, &ForwardCtx::train(11)).unwrap();
+                    let loss = cross_entropy(&logits, &y).unwrap();
+                    let grads = loss.backward().unwrap();
+                    let mut out = vec![("loss".to_string(), vec![loss.to_vec0::<f32>().unwrap()])];
+                    for (name, var) in clf.trainable().iter() {
+                        let g = grads
+                            .get(var.as_tensor())
+                            .unwrap_or_else(|| panic!("{name}"));
+                        out.push((
+                            name.to_string(),
+                            g.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                        ));
+                    }
+                    out
+                };
+                let whole = one.install(step);
+                let cut = two.install(step);
+                for (a, b) in whole.iter().zip(&cut) {
+                    let d =
+                        a.1.iter()
+                            .zip(&b.1)
+                            .map(|(x, y)| (x - y).abs())
+                            .fold(0f32, f32::max);
+                    assert!(a == b, "{family} {m} {dtype:?}: {} differs by {d}", a.0);
+                }
+            }
+        }
+    }
+}

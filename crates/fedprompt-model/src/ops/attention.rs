@@ -92,7 +92,7 @@ impl CustomOp1 for AttentionOp {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, l, h, d) = self.dims(layout.dims())?;
         let qkv = contiguous_slice(storage, layout)?;
-        let (out, saved) = self.run_forward(qkv, b, l, h, d);
+        let (out, saved) = self.run_forward(qkv, 0, b, l, h, d);
         if self.save {
             let _ = self.probs.set(saved);
         }
@@ -105,7 +105,7 @@ impl CustomOp1 for AttentionOp {
             bail!("fused-attention: the probabilities were not kept")
         };
         let dqkv = with_f32(arg, |qkv| {
-            with_f32(grad, |go| self.run_backward(qkv, probs, go, b, l, h, d))
+            with_f32(grad, |go| self.run_backward(qkv, probs, go, 0, b, l, h, d))
         })??;
         Ok(Some(Tensor::from_vec(dqkv, (b, l, 3 * h), arg.device())?))
     }
@@ -132,10 +132,12 @@ impl AttentionOp {
     }
 
     /// The forward on the packed `qkv` (`[B, L, 3H]` contiguous): the output `[B, L, H]` and,
-    /// when `save`, the probabilities `[B, heads, L, L]` (else empty).
+    /// when `save`, the probabilities `[B, heads, L, L]` (else empty). `qkv` holds sequences
+    /// `first..first + B` of the op's batch (their mask rows and dropout streams).
     pub(crate) fn run_forward(
         &self,
         qkv: &[f32],
+        first: usize,
         b: usize,
         l: usize,
         h: usize,
@@ -188,7 +190,7 @@ impl AttentionOp {
                         },
                         1,
                     );
-                    let mask = &self.mask[bi * l..(bi + 1) * l];
+                    let mask = &self.mask[(first + bi) * l..(first + bi + 1) * l];
                     for row in p.chunks_mut(l) {
                         for (s, &m) in row.iter_mut().zip(mask) {
                             *s = *s * self.scale + m;
@@ -197,7 +199,7 @@ impl AttentionOp {
                     }
                     let pv: &[f32] = match &self.dropout {
                         Some(drop) => {
-                            drop.apply(bh, p, dbuf);
+                            drop.apply(first * heads + bh, p, dbuf);
                             dbuf
                         }
                         None => p,
@@ -228,13 +230,14 @@ impl AttentionOp {
     }
 
     /// The gradient of the packed `qkv` from the kept probabilities and the output gradient
-    /// `go` (`[B, L, H]`).
+    /// `go` (`[B, L, H]`), for sequences `first..first + B` as in [`Self::run_forward`].
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn run_backward(
         &self,
         qkv: &[f32],
         probs: &[f32],
         go: &[f32],
+        first: usize,
         b: usize,
         l: usize,
         h: usize,
@@ -254,7 +257,7 @@ impl AttentionOp {
                 let (pdrop, ds) = scratch.split_at_mut(ll);
                 let pv: &[f32] = match &self.dropout {
                     Some(drop) => {
-                        drop.apply(bh, p, pdrop);
+                        drop.apply(first * heads + bh, p, pdrop);
                         pdrop
                     }
                     None => p,
@@ -312,7 +315,7 @@ impl AttentionOp {
                     // dP = dP' ⊙ mask / keep; dS = P ⊙ (dP − Σ dP ⊙ P) · scale
                     if let Some(drop) = &self.dropout {
                         let mut rng = ChaCha8Rng::seed_from_u64(drop.seed);
-                        rng.set_stream(bh as u64);
+                        rng.set_stream((first * heads + bh) as u64);
                         mask_in_place(&mut rng, drop.keep_threshold(), 1.0 / (1.0 - drop.p), ds);
                     }
                     for (row, prow) in ds.chunks_mut(l).zip(p.chunks(l)) {

@@ -53,7 +53,9 @@ impl DropoutOp {
 }
 
 /// `buf ⊙ mask` in place, the mask of [`dropout`] with the same `p` and `seed` over a
-/// contiguous tensor of `buf.len()` elements (its backward is the same product).
+/// contiguous tensor of `buf.len()` elements: the reference the part-wise maskings below are
+/// tested against.
+#[cfg(test)]
 pub(crate) fn dropout_in_place(buf: &mut [f32], p: f32, seed: u64) {
     let op = DropoutOp { p, seed };
     buf.par_chunks_mut(BLOCK).enumerate().for_each(|(blk, x)| {
@@ -64,9 +66,31 @@ pub(crate) fn dropout_in_place(buf: &mut [f32], p: f32, seed: u64) {
     });
 }
 
+/// `buf ⊙ mask` in place where `buf` is elements `offset..offset + buf.len()` of a contiguous
+/// tensor that [`dropout`] would mask whole (with the same `p` and `seed`; its backward is the
+/// same product): the same mask values (a part of a batch
+/// computed on its own drops exactly what the whole batch drops).
+pub(crate) fn dropout_range_in_place(buf: &mut [f32], offset: usize, p: f32, seed: u64) {
+    let thr = ((1.0 - p as f64) * 4_294_967_296.0) as u64;
+    let scale = 1.0 / (1.0 - p);
+    let segment = |x: &mut [f32], e: usize| {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream((e / BLOCK) as u64);
+        rng.set_word_pos((e % BLOCK) as u128);
+        mask_in_place(&mut rng, thr, scale, x);
+    };
+    // Up to the next generator block boundary, then whole blocks.
+    let head = ((BLOCK - offset % BLOCK) % BLOCK).min(buf.len());
+    let (first, rest) = buf.split_at_mut(head);
+    segment(first, offset);
+    rest.par_chunks_mut(BLOCK)
+        .enumerate()
+        .for_each(|(i, x)| segment(x, offset + head + i * BLOCK));
+}
+
 /// `buf ⊙ mask` in place for some rows of a larger tensor: `buf` holds rows of `width`
-/// elements, its row `i` being row `i · every` of a contiguous tensor that
-/// [`dropout_in_place`] would mask whole. The mask values are those of that tensor (each
+/// elements, its row `i` being row `i · every` of a contiguous tensor that [`dropout`] would
+/// mask whole. The mask values are those of that tensor (each
 /// generator stream is entered at the element's word position), so a layer that computes only
 /// these rows drops exactly what the full layer drops.
 pub(crate) fn dropout_rows_in_place(
@@ -174,6 +198,28 @@ mod tests {
                 &whole[i * every * w..][..w],
                 "row {i}"
             );
+        }
+    }
+
+    /// A tensor cut into consecutive parts, each masked on its own at its offset, gets the
+    /// whole tensor's mask (parts inside one block, across boundaries, on boundaries).
+    #[test]
+    fn parts_masked_at_their_offsets_equal_the_whole() {
+        let n = 3 * BLOCK + 1234;
+        let x: Vec<f32> = (0..n).map(|i| 1.0 + i as f32 * 1e-3).collect();
+        let mut whole = x.clone();
+        dropout_in_place(&mut whole, 0.3, 17);
+        for cuts in [
+            vec![0, n],
+            vec![0, 100, n],
+            vec![0, BLOCK, 2 * BLOCK + 5, n],
+            vec![0, 77, BLOCK - 1, BLOCK + 1, n - 3, n],
+        ] {
+            let mut parts = x.clone();
+            for w in cuts.windows(2) {
+                dropout_range_in_place(&mut parts[w[0]..w[1]], w[0], 0.3, 17);
+            }
+            assert_eq!(parts, whole, "cuts {cuts:?}");
         }
     }
 }

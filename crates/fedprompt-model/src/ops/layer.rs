@@ -13,6 +13,11 @@
 //!
 //! Numerics are those of the composed ops (the same kernels, the same dropout masks from the
 //! same seeds); `tests/ops.rs` checks values and input gradients against the composed layer.
+//!
+//! A large enough batch is cut into one part per thread (`ops::batch_parts`): each part runs
+//! the whole layer, forward and backward, with its products on one thread, the parts side by
+//! side. Dropout masks are drawn at each element's position in the whole batch, so the numbers
+//! are the same bit for bit (`tests/parity.rs`).
 
 use std::sync::{Arc, Mutex};
 
@@ -20,11 +25,14 @@ use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::attention::{AttentionOp, AttnDropout};
-use super::dropout::dropout_in_place;
+use super::dropout::dropout_range_in_place;
 use super::norm::{add_layer_norm_rows, layer_norm_input_grad_rows};
 use super::packs::{PackCache, WeightPacks};
 use super::vmath::{gelu_grad_mul_in_place, gelu_in_place, gelu_into};
-use super::{contiguous_slice, gemm_threads, gemm_weight, rows_per_task, with_weight, Mat};
+use super::{
+    batch_parts, contiguous_slice, gemm_threads, gemm_weight, rows_per_task, with_gemm_threads,
+    with_weight, Mat,
+};
 
 /// The frozen parameters of one layer (weights `[out, in]`, f32 or bf16; the rest f32).
 #[derive(Clone, Debug)]
@@ -138,7 +146,8 @@ struct FrozenLayerOp {
     attn: AttentionOp,
     drop: LayerDropout,
     save: bool,
-    saved: Mutex<Option<Saved>>,
+    /// Per part of the batch: its first sequence, its sequences, what its backward needs.
+    saved: Mutex<Option<Vec<(usize, usize, Saved)>>>,
 }
 
 /// `rows` copies of `bias`, the start of a GEMM that accumulates onto it.
@@ -264,6 +273,10 @@ impl FrozenLayerOp {
         Ok((b, l, h, f, h / heads))
     }
 
+    /// The forward of the batch `x [b, l, h]`, cut into parts by [`batch_parts`] (each part's
+    /// products on one thread, the parts side by side); keeps what the backward needs when
+    /// `save`.
+    #[allow(clippy::too_many_arguments)]
     fn run_forward(
         &self,
         x: &[f32],
@@ -273,11 +286,56 @@ impl FrozenLayerOp {
         f: usize,
         d: usize,
     ) -> Result<Vec<f32>> {
+        let parts = batch_parts(b, l);
+        let keep = |saved: Vec<(usize, usize, Saved)>| {
+            if self.save {
+                *self.saved.lock().expect("frozen-layer: poisoned") = Some(saved);
+            }
+        };
+        if parts.len() == 1 {
+            let (y, saved) = self.run_forward_part(x, 0, b, l, h, f, d)?;
+            keep(saved.map(|s| (0, b, s)).into_iter().collect());
+            return Ok(y);
+        }
+        let outs: Vec<Result<(Vec<f32>, Option<Saved>)>> = parts
+            .par_iter()
+            .map(|&(first, n)| {
+                with_gemm_threads(1, || {
+                    let xp = &x[first * l * h..(first + n) * l * h];
+                    self.run_forward_part(xp, first, n, l, h, f, d)
+                })
+            })
+            .collect();
+        let mut y = Vec::with_capacity(b * l * h);
+        let mut saved = Vec::with_capacity(parts.len());
+        for (&(first, n), out) in parts.iter().zip(outs) {
+            let (yp, sp) = out?;
+            y.extend_from_slice(&yp);
+            saved.extend(sp.map(|s| (first, n, s)));
+        }
+        keep(saved);
+        Ok(y)
+    }
+
+    /// The forward of sequences `first..first + b` of the op's batch (`x` holds just them).
+    #[allow(clippy::too_many_arguments)]
+    fn run_forward_part(
+        &self,
+        x: &[f32],
+        first: usize,
+        b: usize,
+        l: usize,
+        h: usize,
+        f: usize,
+        d: usize,
+    ) -> Result<(Vec<f32>, Option<Saved>)> {
         let t = b * l;
         let v = &self.v;
+        // Element offset of this part in the batch's [B, L, H] tensors (dropout masks).
+        let at = first * l * h;
         let mut qkv = bias_rows(&v.qkv_b, t);
         mul_wt(x, t, h, &self.p.qkv_w, self.p.wt(QKV), &mut qkv, true)?;
-        let (ctx, probs) = self.attn.run_forward(&qkv, b, l, h, d);
+        let (ctx, probs) = self.attn.run_forward(&qkv, first, b, l, h, d);
         let (s1, a) = project_residual_norm(
             ctx,
             t,
@@ -287,7 +345,7 @@ impl FrozenLayerOp {
             &v.out_b,
             |s| {
                 if let Some((p, seed)) = self.drop.hidden1 {
-                    dropout_in_place(s, p, seed);
+                    dropout_range_in_place(s, at, p, seed);
                 }
             },
             x,
@@ -317,7 +375,7 @@ impl FrozenLayerOp {
             &v.output_b,
             |s| {
                 if let Some((p, seed)) = self.drop.hidden2 {
-                    dropout_in_place(s, p, seed);
+                    dropout_range_in_place(s, at, p, seed);
                 }
             },
             &a,
@@ -326,23 +384,60 @@ impl FrozenLayerOp {
             self.p.ln2_eps,
         )?;
         drop(a);
-        if self.save {
-            *self.saved.lock().expect("frozen-layer: poisoned") = Some(Saved {
-                qkv,
-                probs,
-                s1,
-                s2,
-                u,
-            });
-        }
-        Ok(y)
+        let saved = self.save.then_some(Saved {
+            qkv,
+            probs,
+            s1,
+            s2,
+            u,
+        });
+        Ok((y, saved))
     }
 
+    /// The input gradient from the output gradient `dy [b, l, h]`, part by part as the
+    /// forward cut the batch.
     #[allow(clippy::too_many_arguments)]
     fn run_backward(
         &self,
+        saved: Vec<(usize, usize, Saved)>,
+        dy: &[f32],
+        b: usize,
+        l: usize,
+        h: usize,
+        f: usize,
+        d: usize,
+    ) -> Result<Vec<f32>> {
+        let covered: usize = saved.iter().map(|p| p.1).sum();
+        if covered != b {
+            bail!("frozen-layer: kept activations of {covered} sequences for a batch of {b}");
+        }
+        if saved.len() == 1 {
+            let (first, n, s) = saved.into_iter().next().expect("one part");
+            return self.run_backward_part(s, dy, first, n, l, h, f, d);
+        }
+        let outs: Vec<Result<Vec<f32>>> = saved
+            .into_par_iter()
+            .map(|(first, n, s)| {
+                with_gemm_threads(1, || {
+                    let dyp = &dy[first * l * h..(first + n) * l * h];
+                    self.run_backward_part(s, dyp, first, n, l, h, f, d)
+                })
+            })
+            .collect();
+        let mut dx = Vec::with_capacity(b * l * h);
+        for out in outs {
+            dx.extend_from_slice(&out?);
+        }
+        Ok(dx)
+    }
+
+    /// The input gradient of sequences `first..first + b` (`dy` holds just them).
+    #[allow(clippy::too_many_arguments)]
+    fn run_backward_part(
+        &self,
         s: Saved,
         dy: &[f32],
+        first: usize,
         b: usize,
         l: usize,
         h: usize,
@@ -351,6 +446,7 @@ impl FrozenLayerOp {
     ) -> Result<Vec<f32>> {
         let t = b * l;
         let v = &self.v;
+        let at = first * l * h;
         let Saved {
             qkv,
             probs,
@@ -369,7 +465,7 @@ impl FrozenLayerOp {
             let do2: &[f32] = match self.drop.hidden2 {
                 Some((p, seed)) => {
                     let mut x = ds2.clone();
-                    dropout_in_place(&mut x, p, seed);
+                    dropout_range_in_place(&mut x, at, p, seed);
                     dropped = x;
                     &dropped
                 }
@@ -404,12 +500,14 @@ impl FrozenLayerOp {
         match self.drop.hidden1 {
             Some((p, seed)) => {
                 let mut x = ds1.clone();
-                dropout_in_place(&mut x, p, seed);
+                dropout_range_in_place(&mut x, at, p, seed);
                 mul_w(&x, t, h, &self.p.out_w, self.p.w(OUT), &mut dctx, false)?;
             }
             None => mul_w(&ds1, t, h, &self.p.out_w, self.p.w(OUT), &mut dctx, false)?,
         }
-        let dqkv = self.attn.run_backward(&qkv, &probs, &dctx, b, l, h, d);
+        let dqkv = self
+            .attn
+            .run_backward(&qkv, &probs, &dctx, first, b, l, h, d);
         drop((qkv, probs, dctx));
         // dx = ds1 (residual) + dqkv · W_qkv
         let mut dx = ds1;

@@ -251,6 +251,31 @@ pub(crate) fn gemm_threads() -> usize {
         .unwrap_or_else(rayon::current_num_threads)
 }
 
+/// Fewest rows (sequences × positions) per part for a batch to be cut over the threads.
+pub const MIN_PART_ROWS: usize = 256;
+
+/// Whether `FEDPROMPT_NO_BATCH_SPLIT=1` asks never to cut a batch (for comparisons).
+pub(crate) fn batch_split_off() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| std::env::var_os("FEDPROMPT_NO_BATCH_SPLIT").is_some_and(|v| v == "1"))
+}
+
+/// How a batch of `b` sequences of `l` positions is cut: `(first sequence, sequences)` per
+/// part, one part per GEMM thread ([`gemm_threads`]) when every part keeps at least
+/// [`MIN_PART_ROWS`] rows, else the whole batch. Each part's products then run on one thread,
+/// the parts side by side: on products of a few hundred rows per thread (the operands of a
+/// part stay in its core's L2) that is faster than each product split over the threads
+/// (docs/performance.md). Rows are computed independently, so the results do not change.
+pub(crate) fn batch_parts(b: usize, l: usize) -> Vec<(usize, usize)> {
+    let n = gemm_threads();
+    if n < 2 || batch_split_off() || b < n || (b / n) * l < MIN_PART_ROWS {
+        return vec![(0, b)];
+    }
+    (0..n)
+        .map(|p| (b * p / n, b * (p + 1) / n - b * p / n))
+        .collect()
+}
+
 /// Runs `f` with this thread's GEMMs on `threads` threads (e.g. one part of a batch cut over
 /// the threads). The products' results do not depend on it: rows and columns are split, never
 /// the sum.
