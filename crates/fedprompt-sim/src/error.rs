@@ -64,6 +64,9 @@ pub enum SimError {
         /// What went wrong.
         msg: String,
     },
+    /// Runs could not be scheduled side by side (e.g. no thread could be started).
+    #[error("running runs side by side: {0}")]
+    Schedule(String),
 }
 
 // The wrappers above print their inner error after a prefix, so their `From` impls are

@@ -216,7 +216,9 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<(RunR
     let mut outcomes = schedule::run_all(&costs, schedule, |i| {
         let j = &jobs[i];
         let seed = &prepared[j.seed];
-        seed.ctx.run_or_resume(&seed.plans[j.plan], j.cap, &j.key)
+        let outcome = seed.ctx.run_or_resume(&seed.plans[j.plan], j.cap, &j.key)?;
+        tracing::info!(run = %j.key, seed = seed.ctx.cfg.seed, avg = outcome.row.average, "run finished");
+        Ok(outcome)
     })?
     .into_iter();
 
@@ -399,7 +401,6 @@ fn seed_results(
     let mut timings = Vec::new();
     for plan in &seed.plans {
         let outcome = outcomes.next().expect("one outcome per job");
-        tracing::info!(run = %plan.spec.label, seed = cfg.seed, avg = outcome.row.average, "run finished");
         timings.push((plan.spec.label.clone(), outcome.seconds));
         if let Some(note) = &outcome.privacy {
             results

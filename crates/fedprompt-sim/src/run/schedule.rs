@@ -103,12 +103,12 @@ where
         }
     }
     if let Some(e) = pool_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(SimError::DataMsg(format!(
+        return Err(SimError::Schedule(format!(
             "cannot start a compute thread pool: {e}; run with --jobs 1"
         )));
     }
     if out.len() != costs.len() {
-        return Err(SimError::DataMsg(
+        return Err(SimError::Schedule(
             "a run ended without an outcome (this is a bug; run with --jobs 1)".into(),
         ));
     }
