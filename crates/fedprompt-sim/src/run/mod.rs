@@ -216,8 +216,9 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<(RunR
     let mut outcomes = schedule::run_all(&costs, schedule, |i| {
         let j = &jobs[i];
         let seed = &prepared[j.seed];
-        let outcome = seed.ctx.run_or_resume(&seed.plans[j.plan], j.cap, &j.key)?;
-        tracing::info!(run = %j.key, seed = seed.ctx.cfg.seed, avg = outcome.row.average, "run finished");
+        let plan = &seed.plans[j.plan];
+        let outcome = seed.ctx.run_or_resume(plan, j.cap, &j.key)?;
+        tracing::info!(run = %plan.spec.label, cap = ?j.cap, seed = seed.ctx.cfg.seed, avg = outcome.row.average, "run finished");
         Ok(outcome)
     })?
     .into_iter();
