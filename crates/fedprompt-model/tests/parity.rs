@@ -241,19 +241,30 @@ fn text_init_matches_peft() {
     }
 }
 
-/// An inference batch large enough is cut into one part per compute thread (each part's
-/// products on one thread); the logits must be those of the whole batch on one thread, bit
-/// for bit, for every method and both families, f32 and bf16.
-#[test]
-fn inference_batch_cut_over_threads_gives_the_same_logits() {
-    use fedprompt_model::classifier::{eval_parts, MIN_PART_ROWS};
+/// One rayon pool of one thread and one of two, for the tests below that compare a batch cut
+/// over two threads with the whole batch on one.
+fn one_and_two_threads() -> (rayon::ThreadPool, rayon::ThreadPool) {
     let pool = |n: usize| {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build()
             .unwrap()
     };
-    let (one, two) = (pool(1), pool(2));
+    (pool(1), pool(2))
+}
+
+/// A tiny family, a weight dtype, its backbone and a batch.
+type CutCase = (
+    &'static str,
+    fedprompt_model::WeightDtype,
+    Backbone,
+    fedprompt_model::Batch,
+);
+
+/// For each tiny family and weight dtype: the backbone and a batch of `n` texts of various
+/// lengths (words the tiny tokenizer knows; text `i` repeated `min_repeat + i % span` times).
+fn cut_cases(n: usize, min_repeat: usize, span: usize) -> Vec<CutCase> {
+    let mut cases = Vec::new();
     for family in ["xlmr", "bert"] {
         for dtype in [
             fedprompt_model::WeightDtype::F32,
@@ -261,36 +272,49 @@ fn inference_batch_cut_over_threads_gives_the_same_logits() {
         ] {
             let dir = fixtures().join(format!("tiny-{family}"));
             let backbone = Backbone::load_with(&dir, dtype).unwrap();
-            let texts: Vec<TextInput> = (0..37)
+            let texts: Vec<TextInput> = (0..n)
                 .map(|i| TextInput {
                     text: [
                         "hello world",
                         "the final match of the team",
                         "Börse price bank",
                     ][i % 3]
-                        .repeat(1 + i % 4),
+                        .repeat(min_repeat + i % span),
                     text_pair: None,
                 })
                 .collect();
             let batch = backbone.text_encoder().batch(&texts).unwrap();
-            for m in ["prompt", "prompt-encoder", "lora", "head"] {
-                let clf = Classifier::new(&backbone, &method(m), &labels3(), 5).unwrap();
-                let virtual_tokens = if m.starts_with("prompt") { 4 } else { 0 };
-                let len = batch.input_ids.dims()[1] + virtual_tokens;
-                assert!(
-                    18 * len >= MIN_PART_ROWS,
-                    "the batch is too small to be cut"
-                );
-                assert_eq!(two.install(|| eval_parts(&batch, virtual_tokens)), 2);
-                assert_eq!(one.install(|| eval_parts(&batch, virtual_tokens)), 1);
-                let eval = ForwardCtx::eval();
-                let whole = one.install(|| clf.forward(&batch, &eval)).unwrap();
-                let cut = two.install(|| clf.forward(&batch, &eval)).unwrap();
-                assert_eq!(cut.dims(), &[37, 3]);
-                let (a, b): (Vec<Vec<f32>>, Vec<Vec<f32>>) =
-                    (whole.to_vec2().unwrap(), cut.to_vec2().unwrap());
-                assert_eq!(a, b, "{family} {m} {dtype:?}");
-            }
+            cases.push((family, dtype, backbone, batch));
+        }
+    }
+    cases
+}
+
+/// An inference batch large enough is cut into one part per compute thread (each part's
+/// products on one thread); the logits must be those of the whole batch on one thread, bit
+/// for bit, for every method and both families, f32 and bf16.
+#[test]
+fn inference_batch_cut_over_threads_gives_the_same_logits() {
+    use fedprompt_model::classifier::{eval_parts, MIN_PART_ROWS};
+    let (one, two) = one_and_two_threads();
+    for (family, dtype, backbone, batch) in cut_cases(37, 1, 4) {
+        for m in ["prompt", "prompt-encoder", "lora", "head"] {
+            let clf = Classifier::new(&backbone, &method(m), &labels3(), 5).unwrap();
+            let virtual_tokens = if m.starts_with("prompt") { 4 } else { 0 };
+            let len = batch.input_ids.dims()[1] + virtual_tokens;
+            assert!(
+                18 * len >= MIN_PART_ROWS,
+                "the batch is too small to be cut"
+            );
+            assert_eq!(two.install(|| eval_parts(&batch, virtual_tokens)), 2);
+            assert_eq!(one.install(|| eval_parts(&batch, virtual_tokens)), 1);
+            let eval = ForwardCtx::eval();
+            let whole = one.install(|| clf.forward(&batch, &eval)).unwrap();
+            let cut = two.install(|| clf.forward(&batch, &eval)).unwrap();
+            assert_eq!(cut.dims(), &[37, 3]);
+            let (a, b): (Vec<Vec<f32>>, Vec<Vec<f32>>) =
+                (whole.to_vec2().unwrap(), cut.to_vec2().unwrap());
+            assert_eq!(a, b, "{family} {m} {dtype:?}");
         }
     }
 }
@@ -300,64 +324,39 @@ fn inference_batch_cut_over_threads_gives_the_same_logits() {
 /// of one thread, bit for bit.
 #[test]
 fn training_step_cut_over_threads_gives_the_same_gradients() {
-    let pool = |n: usize| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build()
-            .unwrap()
-    };
-    let (one, two) = (pool(1), pool(2));
-    for family in ["xlmr", "bert"] {
-        for dtype in [
-            fedprompt_model::WeightDtype::F32,
-            fedprompt_model::WeightDtype::Bf16,
-        ] {
-            let dir = fixtures().join(format!("tiny-{family}"));
-            let backbone = Backbone::load_with(&dir, dtype).unwrap();
-            let texts: Vec<TextInput> = (0..29)
-                .map(|i| TextInput {
-                    text: [
-                        "hello world",
-                        "the final match of the team",
-                        "Börse price bank",
-                    ][i % 3]
-                        .repeat(2 + i % 3),
-                    text_pair: None,
-                })
-                .collect();
-            let batch = backbone.text_encoder().batch(&texts).unwrap();
-            let y: Vec<u32> = (0..29).map(|i| (i % 3) as u32).collect();
-            let y = candle_core::Tensor::new(y.as_slice(), &candle_core::Device::Cpu).unwrap();
-            for m in ["prompt", "prompt-encoder"] {
-                let clf = Classifier::new(&backbone, &method(m), &labels3(), 5).unwrap();
-                let len = batch.input_ids.dims()[1] + 4;
-                assert!(14 * len >= fedprompt_model::classifier::MIN_PART_ROWS);
-                let step = || {
-                    let logits = clf.forward(&batch, &ForwardCtx::train(11)).unwrap();
-                    let loss = cross_entropy(&logits, &y).unwrap();
-                    let grads = loss.backward().unwrap();
-                    let mut out = vec![("loss".to_string(), vec![loss.to_vec0::<f32>().unwrap()])];
-                    for (name, var) in clf.trainable().iter() {
-                        let g = grads
-                            .get(var.as_tensor())
-                            .unwrap_or_else(|| panic!("{name}"));
-                        out.push((
-                            name.to_string(),
-                            g.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                        ));
-                    }
-                    out
-                };
-                let whole = one.install(step);
-                let cut = two.install(step);
-                for (a, b) in whole.iter().zip(&cut) {
-                    let d =
-                        a.1.iter()
-                            .zip(&b.1)
-                            .map(|(x, y)| (x - y).abs())
-                            .fold(0f32, f32::max);
-                    assert!(a == b, "{family} {m} {dtype:?}: {} differs by {d}", a.0);
+    let (one, two) = one_and_two_threads();
+    for (family, dtype, backbone, batch) in cut_cases(29, 2, 3) {
+        let y: Vec<u32> = (0..29).map(|i| (i % 3) as u32).collect();
+        let y = candle_core::Tensor::new(y.as_slice(), &candle_core::Device::Cpu).unwrap();
+        for m in ["prompt", "prompt-encoder"] {
+            let clf = Classifier::new(&backbone, &method(m), &labels3(), 5).unwrap();
+            let len = batch.input_ids.dims()[1] + 4;
+            assert!(14 * len >= fedprompt_model::classifier::MIN_PART_ROWS);
+            let step = || {
+                let logits = clf.forward(&batch, &ForwardCtx::train(11)).unwrap();
+                let loss = cross_entropy(&logits, &y).unwrap();
+                let grads = loss.backward().unwrap();
+                let mut out = vec![("loss".to_string(), vec![loss.to_vec0::<f32>().unwrap()])];
+                for (name, var) in clf.trainable().iter() {
+                    let g = grads
+                        .get(var.as_tensor())
+                        .unwrap_or_else(|| panic!("{name}"));
+                    out.push((
+                        name.to_string(),
+                        g.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    ));
                 }
+                out
+            };
+            let whole = one.install(step);
+            let cut = two.install(step);
+            for (a, b) in whole.iter().zip(&cut) {
+                let d =
+                    a.1.iter()
+                        .zip(&b.1)
+                        .map(|(x, y)| (x - y).abs())
+                        .fold(0f32, f32::max);
+                assert!(a == b, "{family} {m} {dtype:?}: {} differs by {d}", a.0);
             }
         }
     }
