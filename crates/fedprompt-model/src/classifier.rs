@@ -27,8 +27,13 @@ pub use crate::ops::MIN_PART_ROWS;
 /// two threads (docs/performance.md). Rows are computed independently and each part keeps the
 /// batch's padded length, so the logits do not change.
 pub fn eval_parts(batch: &Batch, virtual_tokens: usize) -> usize {
+    eval_ranges(batch, virtual_tokens).len()
+}
+
+/// The parts of [`eval_parts`]: `(first sequence, sequences)` each.
+fn eval_ranges(batch: &Batch, virtual_tokens: usize) -> Vec<(usize, usize)> {
     let len = batch.input_ids.dims().get(1).copied().unwrap_or(0) + virtual_tokens;
-    crate::ops::batch_parts(batch.len(), len).len()
+    crate::ops::batch_parts(batch.len(), len)
 }
 
 #[derive(Clone, Debug)]
@@ -297,22 +302,16 @@ impl Classifier {
             Some(p) => p.dim(0)?,
             None => 0,
         };
-        let parts = eval_parts(batch, virtual_tokens);
-        if parts <= 1 {
+        let parts = eval_ranges(batch, virtual_tokens);
+        if parts.len() <= 1 {
             return self.forward_with(&enc, &head, prompt, batch, ctx);
         }
-        use rayon::prelude::*;
-        let b = batch.len();
-        let logits = (0..parts)
-            .into_par_iter()
-            .map(|p| {
-                let (start, end) = (b * p / parts, b * (p + 1) / parts);
-                let part = batch.narrow(start, end - start)?;
-                crate::ops::with_gemm_threads(1, || {
-                    self.forward_with(&enc, &head, prompt.clone(), &part, ctx)
-                })
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        let logits = crate::ops::each_on_one_thread(parts, |(first, n)| {
+            let part = batch.narrow(first, n)?;
+            self.forward_with(&enc, &head, prompt.clone(), &part, ctx)
+        })
+        .into_iter()
+        .collect::<candle_core::Result<Vec<_>>>()?;
         Tensor::cat(&logits, 0)
     }
 

@@ -52,47 +52,41 @@ impl DropoutOp {
     }
 }
 
-/// `buf ⊙ mask` in place, the mask of [`dropout`] with the same `p` and `seed` over a
-/// contiguous tensor of `buf.len()` elements: the reference the part-wise maskings below are
-/// tested against.
-#[cfg(test)]
-pub(crate) fn dropout_in_place(buf: &mut [f32], p: f32, seed: u64) {
-    let op = DropoutOp { p, seed };
-    buf.par_chunks_mut(BLOCK).enumerate().for_each(|(blk, x)| {
-        let mut rng = ChaCha8Rng::seed_from_u64(op.seed);
-        rng.set_stream(blk as u64);
-        let thr = ((1.0 - op.p as f64) * 4_294_967_296.0) as u64;
-        mask_in_place(&mut rng, thr, 1.0 / (1.0 - op.p), x);
-    });
+/// `x ⊙ mask` in place where `x` is elements `e..e + x.len()` of a contiguous tensor that
+/// [`dropout`] would mask whole (with the same `p` and `seed`): each generator stream is
+/// entered at the element's word position, in segments that lie inside one block each.
+fn mask_at(x: &mut [f32], e: usize, p: f32, seed: u64) {
+    let thr = ((1.0 - p as f64) * 4_294_967_296.0) as u64;
+    let scale = 1.0 / (1.0 - p);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut c = 0;
+    while c < x.len() {
+        let at = e + c;
+        let len = (BLOCK - at % BLOCK).min(x.len() - c);
+        rng.set_stream((at / BLOCK) as u64);
+        rng.set_word_pos((at % BLOCK) as u128);
+        mask_in_place(&mut rng, thr, scale, &mut x[c..c + len]);
+        c += len;
+    }
 }
 
 /// `buf ⊙ mask` in place where `buf` is elements `offset..offset + buf.len()` of a contiguous
-/// tensor that [`dropout`] would mask whole (with the same `p` and `seed`; its backward is the
-/// same product): the same mask values (a part of a batch
-/// computed on its own drops exactly what the whole batch drops).
+/// tensor that [`dropout`] would mask whole (its backward is the same product): a part of a
+/// batch computed on its own drops exactly what the whole batch drops.
 pub(crate) fn dropout_range_in_place(buf: &mut [f32], offset: usize, p: f32, seed: u64) {
-    let thr = ((1.0 - p as f64) * 4_294_967_296.0) as u64;
-    let scale = 1.0 / (1.0 - p);
-    let segment = |x: &mut [f32], e: usize| {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        rng.set_stream((e / BLOCK) as u64);
-        rng.set_word_pos((e % BLOCK) as u128);
-        mask_in_place(&mut rng, thr, scale, x);
-    };
-    // Up to the next generator block boundary, then whole blocks.
+    // Up to the next generator block boundary, then whole blocks in parallel.
     let head = ((BLOCK - offset % BLOCK) % BLOCK).min(buf.len());
     let (first, rest) = buf.split_at_mut(head);
-    segment(first, offset);
+    mask_at(first, offset, p, seed);
     rest.par_chunks_mut(BLOCK)
         .enumerate()
-        .for_each(|(i, x)| segment(x, offset + head + i * BLOCK));
+        .for_each(|(i, x)| mask_at(x, offset + head + i * BLOCK, p, seed));
 }
 
 /// `buf ⊙ mask` in place for some rows of a larger tensor: `buf` holds rows of `width`
 /// elements, its row `i` being row `i · every` of a contiguous tensor that [`dropout`] would
-/// mask whole. The mask values are those of that tensor (each
-/// generator stream is entered at the element's word position), so a layer that computes only
-/// these rows drops exactly what the full layer drops.
+/// mask whole. The mask values are those of that tensor, so a layer that computes only these
+/// rows drops exactly what the full layer drops.
 pub(crate) fn dropout_rows_in_place(
     buf: &mut [f32],
     width: usize,
@@ -100,24 +94,9 @@ pub(crate) fn dropout_rows_in_place(
     p: f32,
     seed: u64,
 ) {
-    let thr = ((1.0 - p as f64) * 4_294_967_296.0) as u64;
-    let scale = 1.0 / (1.0 - p);
     buf.par_chunks_mut(width.max(1))
         .enumerate()
-        .for_each(|(i, row)| {
-            let start = i * every * width;
-            let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            // The row in segments that lie inside one generator block each.
-            let mut c = 0;
-            while c < row.len() {
-                let e = start + c;
-                let len = (BLOCK - e % BLOCK).min(row.len() - c);
-                rng.set_stream((e / BLOCK) as u64);
-                rng.set_word_pos((e % BLOCK) as u128);
-                mask_in_place(&mut rng, thr, scale, &mut row[c..c + len]);
-                c += len;
-            }
-        });
+        .for_each(|(i, row)| mask_at(row, i * every * width, p, seed));
 }
 
 impl CustomOp1 for DropoutOp {
@@ -188,8 +167,7 @@ mod tests {
     #[test]
     fn row_mask_equals_whole_tensor_mask() {
         let (w, rows, every) = (700usize, 9usize, 5usize);
-        let mut whole = vec![1f32; w * rows * every];
-        dropout_in_place(&mut whole, 0.2, 9);
+        let whole = DropoutOp { p: 0.2, seed: 9 }.run(&vec![1f32; w * rows * every]);
         let mut some = vec![1f32; w * rows];
         dropout_rows_in_place(&mut some, w, every, 0.2, 9);
         for i in 0..rows {
@@ -207,8 +185,7 @@ mod tests {
     fn parts_masked_at_their_offsets_equal_the_whole() {
         let n = 3 * BLOCK + 1234;
         let x: Vec<f32> = (0..n).map(|i| 1.0 + i as f32 * 1e-3).collect();
-        let mut whole = x.clone();
-        dropout_in_place(&mut whole, 0.3, 17);
+        let whole = DropoutOp { p: 0.3, seed: 17 }.run(&x);
         for cuts in [
             vec![0, n],
             vec![0, 100, n],

@@ -30,7 +30,7 @@ use super::norm::{add_layer_norm_rows, layer_norm_input_grad_rows};
 use super::packs::{PackCache, WeightPacks};
 use super::vmath::{gelu_grad_mul_in_place, gelu_in_place, gelu_into};
 use super::{
-    batch_parts, contiguous_slice, gemm_threads, gemm_weight, rows_per_task, with_gemm_threads,
+    batch_parts, contiguous_slice, each_on_one_thread, gemm_threads, gemm_weight, rows_per_task,
     with_weight, Mat,
 };
 
@@ -297,21 +297,17 @@ impl FrozenLayerOp {
             keep(saved.map(|s| (0, b, s)).into_iter().collect());
             return Ok(y);
         }
-        let outs: Vec<Result<(Vec<f32>, Option<Saved>)>> = parts
-            .par_iter()
-            .map(|&(first, n)| {
-                with_gemm_threads(1, || {
-                    let xp = &x[first * l * h..(first + n) * l * h];
-                    self.run_forward_part(xp, first, n, l, h, f, d)
-                })
-            })
-            .collect();
+        let outs = each_on_one_thread(parts, |(first, n)| {
+            let xp = &x[first * l * h..(first + n) * l * h];
+            let (y, saved) = self.run_forward_part(xp, first, n, l, h, f, d)?;
+            Ok::<_, candle_core::Error>((y, saved.map(|s| (first, n, s))))
+        });
         let mut y = Vec::with_capacity(b * l * h);
-        let mut saved = Vec::with_capacity(parts.len());
-        for (&(first, n), out) in parts.iter().zip(outs) {
+        let mut saved = Vec::with_capacity(outs.len());
+        for out in outs {
             let (yp, sp) = out?;
             y.extend_from_slice(&yp);
-            saved.extend(sp.map(|s| (first, n, s)));
+            saved.extend(sp);
         }
         keep(saved);
         Ok(y)
@@ -415,15 +411,10 @@ impl FrozenLayerOp {
             let (first, n, s) = saved.into_iter().next().expect("one part");
             return self.run_backward_part(s, dy, first, n, l, h, f, d);
         }
-        let outs: Vec<Result<Vec<f32>>> = saved
-            .into_par_iter()
-            .map(|(first, n, s)| {
-                with_gemm_threads(1, || {
-                    let dyp = &dy[first * l * h..(first + n) * l * h];
-                    self.run_backward_part(s, dyp, first, n, l, h, f, d)
-                })
-            })
-            .collect();
+        let outs = each_on_one_thread(saved, |(first, n, s)| {
+            let dyp = &dy[first * l * h..(first + n) * l * h];
+            self.run_backward_part(s, dyp, first, n, l, h, f, d)
+        });
         let mut dx = Vec::with_capacity(b * l * h);
         for out in outs {
             dx.extend_from_slice(&out?);

@@ -276,6 +276,19 @@ pub(crate) fn batch_parts(b: usize, l: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// Runs `f` on every item side by side (rayon), each call with its GEMMs on one thread: the
+/// parts of a batch cut by [`batch_parts`]. The results come back in the items' order.
+pub(crate) fn each_on_one_thread<I: Send, T: Send>(
+    items: Vec<I>,
+    f: impl Fn(I) -> T + Sync + Send,
+) -> Vec<T> {
+    use rayon::prelude::*;
+    items
+        .into_par_iter()
+        .map(|item| with_gemm_threads(1, || f(item)))
+        .collect()
+}
+
 /// Runs `f` with this thread's GEMMs on `threads` threads (e.g. one part of a batch cut over
 /// the threads). The products' results do not depend on it: rows and columns are split, never
 /// the sum.

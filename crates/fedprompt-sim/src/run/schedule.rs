@@ -123,68 +123,24 @@ mod tests {
         NonZeroUsize::new(n)
     }
 
+    fn sched(jobs: usize, threads: usize) -> Schedule {
+        Schedule { jobs, threads }
+    }
+
     #[test]
     fn default_is_one_single_threaded_run_per_thread_up_to_the_cap() {
-        assert_eq!(
-            Schedule::new(None, 12, 2),
-            Schedule {
-                jobs: 2,
-                threads: 1
-            }
-        );
-        assert_eq!(
-            Schedule::new(None, 12, 16),
-            Schedule {
-                jobs: 4,
-                threads: 4
-            }
-        );
-        assert_eq!(
-            Schedule::new(None, 1, 2),
-            Schedule {
-                jobs: 1,
-                threads: 2
-            }
-        );
-        assert_eq!(
-            Schedule::new(None, 12, 1),
-            Schedule {
-                jobs: 1,
-                threads: 1
-            }
-        );
+        assert_eq!(Schedule::new(None, 12, 2), sched(2, 1));
+        assert_eq!(Schedule::new(None, 12, 16), sched(4, 4));
+        assert_eq!(Schedule::new(None, 1, 2), sched(1, 2));
+        assert_eq!(Schedule::new(None, 12, 1), sched(1, 1));
     }
 
     #[test]
     fn asked_jobs_share_the_threads_and_never_exceed_the_runs() {
-        assert_eq!(
-            Schedule::new(nz(1), 12, 2),
-            Schedule {
-                jobs: 1,
-                threads: 2
-            }
-        );
-        assert_eq!(
-            Schedule::new(nz(3), 12, 8),
-            Schedule {
-                jobs: 3,
-                threads: 2
-            }
-        );
-        assert_eq!(
-            Schedule::new(nz(8), 2, 2),
-            Schedule {
-                jobs: 2,
-                threads: 1
-            }
-        );
-        assert_eq!(
-            Schedule::new(nz(3), 12, 2),
-            Schedule {
-                jobs: 3,
-                threads: 1
-            }
-        );
+        assert_eq!(Schedule::new(nz(1), 12, 2), sched(1, 2));
+        assert_eq!(Schedule::new(nz(3), 12, 8), sched(3, 2));
+        assert_eq!(Schedule::new(nz(8), 2, 2), sched(2, 1));
+        assert_eq!(Schedule::new(nz(3), 12, 2), sched(3, 1));
     }
 
     #[test]
