@@ -14,7 +14,8 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use fedprompt_model::ops::linear::{frozen_linear, FusedAct};
+use fedprompt_model::ops::linear::{frozen_linear_packed, FusedAct};
+use fedprompt_model::ops::packs::WeightPacks;
 
 /// CPU seconds (user + system, all threads) of this process so far.
 fn cpu_s() -> f64 {
@@ -26,13 +27,26 @@ fn cpu_s() -> f64 {
 }
 
 fn main() -> candle_core::Result<()> {
-    let shapes = [
+    let mut shapes = vec![
         (1184usize, 768usize, 768usize),
         (1184, 768, 3072),
         (1184, 3072, 768),
         (576, 384, 384),
         (576, 384, 1536),
     ];
+    // `SHAPES="m,k,n;m,k,n"` replaces the list.
+    if let Ok(list) = std::env::var("SHAPES") {
+        shapes = list
+            .split(';')
+            .filter_map(|s| {
+                let v: Vec<usize> = s.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+                (v.len() == 3).then(|| (v[0], v[1], v[2]))
+            })
+            .collect();
+    }
+    // `KEEP=1`: the weight keeps its fast layout between repetitions (as a layer's weight does).
+    let keep = std::env::var("KEEP").is_ok_and(|v| v == "1");
+    fedprompt_model::alloc::keep_freed_memory();
     let reps: usize = std::env::var("REPS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -52,10 +66,20 @@ fn main() -> candle_core::Result<()> {
             let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
             let w = Tensor::randn(0f32, 0.05, (n, k), &Device::Cpu)?.to_dtype(dtype)?;
             let flop = 2.0 * (m * k * n) as f64;
+            let packs = keep.then(|| std::sync::Arc::new(WeightPacks::default()));
+            if keep {
+                drop(frozen_linear_packed(
+                    &x,
+                    &w,
+                    packs.as_ref(),
+                    None,
+                    FusedAct::Identity,
+                )?);
+            }
             let (mut wall, mut cpu) = (f64::MAX, 0f64);
             for _ in 0..reps {
                 let (t0, c0) = (Instant::now(), cpu_s());
-                let y = frozen_linear(&x, &w, None, FusedAct::Identity)?;
+                let y = frozen_linear_packed(&x, &w, packs.as_ref(), None, FusedAct::Identity)?;
                 let (t1, c1) = (Instant::now(), cpu_s());
                 drop(y);
                 wall = wall.min((t1 - t0).as_secs_f64());

@@ -200,7 +200,7 @@ fn bf16_weights_are_the_rounded_f32_ones() {
 #[test]
 fn bf16_product_matches_f32_of_rounded_operands() {
     use fedprompt_model::ops::linear::{frozen_linear, frozen_linear_packed, FusedAct};
-    use fedprompt_model::ops::packs::{WeightPacks, KEEP_MAX_ROWS};
+    use fedprompt_model::ops::packs::WeightPacks;
     use std::sync::Arc;
     for (rows, k, n) in [
         (37usize, 45usize, 50usize),
@@ -210,7 +210,7 @@ fn bf16_product_matches_f32_of_rounded_operands() {
         // Several row blocks of the AMX kernel's L2 blocking, an edge column block.
         (200, 3072, 40),
         (70, 64, 16),
-        // A first product of many rows keeps nothing.
+        // A first product of many rows (above the f32 copies' limit) keeps its tile layouts too.
         (1056, 64, 48),
     ] {
         let x = randn(&[rows, k], 1);
@@ -284,14 +284,10 @@ fn bf16_product_matches_f32_of_rounded_operands() {
                 "packed input gradient, call {call}, {rows}x{k}x{n}"
             );
         }
-        // Both layouts are kept on the AMX path (bf16 pairs, padded to the tile grid) when the
-        // product has few rows; the fallback keeps none.
+        // Both layouts are kept on the AMX path (bf16 pairs, padded to the tile grid) whatever
+        // the product's rows; the fallback keeps none.
         let (kp, np) = (k.div_ceil(32) * 32, n.div_ceil(32) * 32);
-        let want = if amx && rows <= KEEP_MAX_ROWS {
-            2 * (kp * np + np * kp)
-        } else {
-            0
-        };
+        let want = if amx { 2 * (kp * np + np * kp) } else { 0 };
         assert_eq!(packs.bytes(), want, "packed bytes {rows}x{k}x{n}");
     }
 }

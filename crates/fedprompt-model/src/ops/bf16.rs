@@ -194,23 +194,31 @@ mod amx {
         }
     }
 
-    /// `a` (m×k f32, strided) as bf16, row-major `m_pad × k_pad`, zero-padded.
+    /// `a` (m×k f32, strided) as bf16 in tile order, zero-padded to `m_pad × k_pad`: per block
+    /// of 16 rows, its `k_pad / 32` tiles one after the other, each 16 rows × 32 k contiguous
+    /// (1 KiB), so that a tile load reads one contiguous KiB instead of 16 rows a whole packed
+    /// row apart.
     fn pack_a(m: usize, k: usize, m_pad: usize, k_pad: usize, a: Mat) -> Vec<u16> {
         let mut out = vec![0u16; m_pad * k_pad];
         let ap = SendConstPtr(a.ptr);
-        out.par_chunks_mut(k_pad)
-            .take(m)
+        out.par_chunks_mut(TR * k_pad)
+            .take(m.div_ceil(TR))
             .enumerate()
-            .for_each(|(r, row)| {
+            .for_each(|(tb, block)| {
                 let base = ap.get();
-                // SAFETY: row r < m, columns < k lie inside `a` (the caller's contract).
-                unsafe {
-                    if a.cs == 1 {
-                        let src = std::slice::from_raw_parts(base.offset(r as isize * a.rs), k);
-                        convert_row(src, &mut row[..k]);
-                    } else {
-                        for (c, o) in row[..k].iter_mut().enumerate() {
-                            *o = f32_to_bf16(*base.offset(r as isize * a.rs + c as isize * a.cs));
+                for ri in 0..TR.min(m - tb * TR) {
+                    let r = tb * TR + ri;
+                    // SAFETY: row r < m, columns < k lie inside `a` (the caller's contract).
+                    unsafe {
+                        if a.cs == 1 {
+                            let src = std::slice::from_raw_parts(base.offset(r as isize * a.rs), k);
+                            convert_row_to_tiles(src, &mut block[ri * TK..]);
+                        } else {
+                            for c in 0..k {
+                                block[(c / TK) * TR * TK + ri * TK + c % TK] = f32_to_bf16(
+                                    *base.offset(r as isize * a.rs + c as isize * a.cs),
+                                );
+                            }
                         }
                     }
                 }
@@ -218,34 +226,42 @@ mod amx {
         out
     }
 
-    /// f32 → bf16 (nearest even) of one row, 16 at a time with avx512_bf16 when present.
-    fn convert_row(src: &[f32], dst: &mut [u16]) {
+    /// f32 → bf16 (nearest even) of one row of A into its tile slots: elements `32·kb ..
+    /// 32·kb + 32` go to `dst[kb · 512 ..]` (a tile is 16 rows of 32). With avx512_bf16 when
+    /// present, 16 at a time.
+    fn convert_row_to_tiles(src: &[f32], dst: &mut [u16]) {
         if std::is_x86_feature_detected!("avx512bf16") {
             // SAFETY: the feature was just detected.
-            unsafe { convert_row_avx512(src, dst) }
+            unsafe { convert_row_to_tiles_avx512(src, dst) }
         } else {
-            dst.iter_mut()
-                .zip(src)
-                .for_each(|(d, &s)| *d = f32_to_bf16(s));
+            for (kb, chunk) in src.chunks(TK).enumerate() {
+                let o = kb * TR * TK;
+                dst[o..o + chunk.len()]
+                    .iter_mut()
+                    .zip(chunk)
+                    .for_each(|(d, &s)| *d = f32_to_bf16(s));
+            }
         }
     }
 
     #[target_feature(enable = "avx512f,avx512bf16")]
-    unsafe fn convert_row_avx512(src: &[f32], dst: &mut [u16]) {
+    unsafe fn convert_row_to_tiles_avx512(src: &[f32], dst: &mut [u16]) {
         use std::arch::x86_64::*;
-        let n = src.len().min(dst.len());
-        let mut i = 0;
-        while i + 16 <= n {
-            let v = _mm512_loadu_ps(src.as_ptr().add(i));
-            let h: __m256bh = _mm512_cvtneps_pbh(v);
-            _mm256_storeu_si256(
-                dst.as_mut_ptr().add(i).cast(),
-                std::mem::transmute::<__m256bh, __m256i>(h),
-            );
-            i += 16;
-        }
-        for j in i..n {
-            dst[j] = f32_to_bf16(src[j]);
+        for (kb, chunk) in src.chunks(TK).enumerate() {
+            let d = &mut dst[kb * TR * TK..kb * TR * TK + chunk.len()];
+            let mut i = 0;
+            while i + 16 <= chunk.len() {
+                let v = _mm512_loadu_ps(chunk.as_ptr().add(i));
+                let h: __m256bh = _mm512_cvtneps_pbh(v);
+                _mm256_storeu_si256(
+                    d.as_mut_ptr().add(i).cast(),
+                    std::mem::transmute::<__m256bh, __m256i>(h),
+                );
+                i += 16;
+            }
+            for j in i..chunk.len() {
+                d[j] = f32_to_bf16(chunk[j]);
+            }
         }
     }
 
@@ -369,14 +385,13 @@ mod amx {
         let k_pad = k.div_ceil(TK) * TK;
         let ap = pack_a(m, k, m_pad, k_pad, a);
         let fresh;
-        let bp: &[u16] =
-            match cache.and_then(|c| c.tiles(m, k, n, || pack_b(k, n, k_pad, n_pad, b))) {
-                Some(p) => p,
-                None => {
-                    fresh = pack_b(k, n, k_pad, n_pad, b);
-                    &fresh
-                }
-            };
+        let bp: &[u16] = match cache.and_then(|c| c.tiles(k, n, || pack_b(k, n, k_pad, n_pad, b))) {
+            Some(p) => p,
+            None => {
+                fresh = pack_b(k, n, k_pad, n_pad, b);
+                &fresh
+            }
+        };
         let col_pairs = n_pad / (2 * TR);
         let parts = threads.clamp(1, col_pairs);
         let per = col_pairs.div_ceil(parts);
@@ -426,7 +441,7 @@ mod amx {
     ) {
         let cfg = TileConfig::all_16x64();
         let mut out = Out([0f32; 4 * TR * TR]);
-        let a_stride = k_pad * 2; // bytes per packed A row
+        let a_stride = TK * 2; // bytes per row of a packed A tile
         let b_stride = 2 * TR * 2; // bytes per packed B row (16 pairs)
         let b_block = k_pad * TR; // elements per 16-column block
         asm!("ldtilecfg [{0}]", in(reg) &cfg as *const TileConfig, options(nostack, readonly));
@@ -439,6 +454,7 @@ mod amx {
                 let b0 = bp.add(2 * cp * b_block);
                 let b1 = b0.add(b_block);
                 for rb in (mb..(mb + mc).min(m_pad)).step_by(2 * TR) {
+                    // The two 16-row blocks of A, each `k_pad / 32` contiguous tiles.
                     let a0 = ap.add(rb * k_pad);
                     let a1 = a0.add(TR * k_pad);
                     let rows = (m - rb.min(m)).min(2 * TR);
@@ -478,8 +494,8 @@ mod amx {
                             "tdpbf16ps tmm1, tmm4, tmm7",
                             "tdpbf16ps tmm2, tmm5, tmm6",
                             "tdpbf16ps tmm3, tmm5, tmm7",
-                            a0 = in(reg) a0.add(kb * TK),
-                            a1 = in(reg) a1.add(kb * TK),
+                            a0 = in(reg) a0.add(kb * TR * TK),
+                            a1 = in(reg) a1.add(kb * TR * TK),
                             b0 = in(reg) b0.add(kb * TK * TR),
                             b1 = in(reg) b1.add(kb * TK * TR),
                             sa = in(reg) a_stride,

@@ -151,11 +151,26 @@ struct FrozenLayerOp {
 }
 
 /// `rows` copies of `bias`, the start of a GEMM that accumulates onto it.
+///
+/// Written once: the buffer is not zeroed first (on reused heap memory that zeroing was a
+/// separate pass over the whole output, 5–9% of a bf16 XLM-R-base inference step).
 pub(super) fn bias_rows(bias: &[f32], rows: usize) -> Vec<f32> {
     let n = bias.len();
-    let mut y = vec![0f32; rows * n];
-    y.par_chunks_mut(n * rows_per_task(n))
-        .for_each(|c| c.chunks_mut(n).for_each(|r| r.copy_from_slice(bias)));
+    let mut y: Vec<f32> = Vec::with_capacity(rows * n);
+    if n == 0 {
+        return y;
+    }
+    y.spare_capacity_mut()[..rows * n]
+        .par_chunks_mut(n * rows_per_task(n))
+        .for_each(|c| {
+            c.chunks_mut(n).for_each(|r| {
+                for (d, &b) in r.iter_mut().zip(bias) {
+                    d.write(b);
+                }
+            })
+        });
+    // SAFETY: every one of the rows · n elements was written just above.
+    unsafe { y.set_len(rows * n) };
     y
 }
 
