@@ -200,7 +200,7 @@ fn bf16_weights_are_the_rounded_f32_ones() {
 #[test]
 fn bf16_product_matches_f32_of_rounded_operands() {
     use fedprompt_model::ops::linear::{frozen_linear, frozen_linear_packed, FusedAct};
-    use fedprompt_model::ops::packs::WeightPacks;
+    use fedprompt_model::ops::packs::{WeightPacks, KEEP_MAX_ROWS};
     use std::sync::Arc;
     for (rows, k, n) in [
         (37usize, 45usize, 50usize),
@@ -285,9 +285,16 @@ fn bf16_product_matches_f32_of_rounded_operands() {
             );
         }
         // Both layouts are kept on the AMX path (bf16 pairs, padded to the tile grid) whatever
-        // the product's rows; the fallback keeps none.
+        // the product's rows; the fallback keeps both widened f32 operands (k × n each) when
+        // the product has few rows, as an f32 weight keeps its copy.
         let (kp, np) = (k.div_ceil(32) * 32, n.div_ceil(32) * 32);
-        let want = if amx { 2 * (kp * np + np * kp) } else { 0 };
+        let want = if amx {
+            2 * (kp * np + np * kp)
+        } else if rows <= KEEP_MAX_ROWS {
+            2 * 4 * k * n
+        } else {
+            0
+        };
         assert_eq!(packs.bytes(), want, "packed bytes {rows}x{k}x{n}");
     }
 }

@@ -64,6 +64,14 @@ pub enum SimError {
         /// What went wrong.
         msg: String,
     },
+    /// `--resume` found checkpoints of another experiment (another file, or other flags).
+    #[error("cannot resume from {path}: {msg}")]
+    Resume {
+        /// The record of the experiment the checkpoints belong to.
+        path: PathBuf,
+        /// What differs, and what to do.
+        msg: String,
+    },
     /// Runs could not be scheduled side by side (e.g. no thread could be started).
     #[error("running runs side by side: {0}")]
     Schedule(String),

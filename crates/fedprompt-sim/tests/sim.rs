@@ -88,6 +88,36 @@ partition = { type = "iid", clients = 3 }
     }
 }
 
+/// `--resume` refuses checkpoints made by another experiment (here: the same file run with
+/// `--dtype bf16`, then resumed in f32), naming what differs; the same experiment resumes.
+#[test]
+fn resume_refuses_checkpoints_of_another_experiment() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = parse(&experiment(dir.path(), "")).unwrap();
+    let mut bf16 = cfg.clone();
+    bf16.model.dtype = fedprompt_model::WeightDtype::Bf16;
+    let out = dir.path().join("out");
+    let opts = |resume: bool, stop: Option<u64>| RunOptions {
+        output: Some(out.clone()),
+        resume,
+        stop_after_rounds: stop,
+        ..Default::default()
+    };
+    let err = run_experiment(&bf16, &opts(false, Some(1))).unwrap_err();
+    assert!(err.to_string().contains("stopped after round 1"), "{err}");
+    let err = run_experiment(&cfg, &opts(true, None)).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("another experiment") && msg.contains("model.dtype"),
+        "{msg}"
+    );
+    assert!(!msg.contains("train."), "only the dtype differs: {msg}");
+    // Nothing was deleted: the experiment that made the checkpoints resumes and finishes.
+    let (resumed, _) = run_experiment(&bf16, &opts(true, None)).unwrap();
+    let (fresh, _) = run_experiment(&bf16, &opts(false, None)).unwrap();
+    assert_eq!(resumed.rows, fresh.rows);
+}
+
 /// With error feedback each client holds back what its codec did not send; the checkpoint
 /// keeps those residuals, so a run killed mid-way and resumed sends the same updates as an
 /// uninterrupted one (before, a resumed run restarted the residuals at zero).

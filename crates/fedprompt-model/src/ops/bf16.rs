@@ -76,15 +76,29 @@ pub(crate) unsafe fn gemm_f32_bf16(
         amx::gemm(m, n, k, dst, dst_rs, accumulate, a, b, cache, threads);
         return;
     }
-    // Fallback: widen B to a contiguous f32 k×n matrix (exact) and run the f32 GEMM.
-    let mut wide = vec![0f32; k * n];
-    let bp = SendConstPtr(b.ptr as *const f32);
-    wide.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
-        let p = bp.get() as *const u16;
-        for (c, w) in row.iter_mut().enumerate() {
-            *w = bf16_to_f32(*p.offset(r as isize * b.rs + c as isize * b.cs));
+    // Fallback: widen B to a contiguous f32 k×n matrix (exact) and run the f32 GEMM. With a
+    // cache, a weight whose first product has few rows keeps its widened copy, as an f32
+    // weight keeps its row-major copy (else every product makes a pass over the whole weight).
+    let widen = move || {
+        let mut wide = vec![0f32; k * n];
+        let bp = SendConstPtr(b.ptr as *const f32);
+        wide.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
+            let p = bp.get() as *const u16;
+            for (c, w) in row.iter_mut().enumerate() {
+                // SAFETY: (r, c) with r < k, c < n lies inside `b` (the caller's contract).
+                *w = bf16_to_f32(unsafe { *p.offset(r as isize * b.rs + c as isize * b.cs) });
+            }
+        });
+        wide
+    };
+    let fresh;
+    let wide: &[f32] = match cache.and_then(|c| c.row_major(m, k, n, widen)) {
+        Some(w) => w,
+        None => {
+            fresh = widen();
+            &fresh
         }
-    });
+    };
     sgemm(
         m,
         n,

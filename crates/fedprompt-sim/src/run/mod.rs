@@ -176,6 +176,7 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<(RunR
     if !opts.resume && ckpt_root.exists() {
         std::fs::remove_dir_all(&ckpt_root).map_err(|e| io_err(&ckpt_root, e))?;
     }
+    pin_experiment(&ckpt_root, cfg, opts.resume)?;
     let started = Instant::now();
     let backbone = load_backbone(&cfg.model.path, cfg.model.dtype)?;
     let mp = MultiProgress::new();
@@ -378,6 +379,20 @@ fn list_jobs(seeds: &[Seed<'_>]) -> Vec<Job> {
     jobs
 }
 
+/// How the frozen backbone computed: its weights' float type and, for bf16, the product path
+/// this CPU took (the numbers differ between the two paths at bf16 rounding level).
+fn backbone_note(dtype: fedprompt_model::WeightDtype) -> &'static str {
+    match dtype {
+        fedprompt_model::WeightDtype::F32 => "f32 weights (exact mode)",
+        fedprompt_model::WeightDtype::Bf16 if fedprompt_model::ops::bf16::amx_enabled() => {
+            "bf16 weights (fast mode: AMX bf16 products, f32 sums)"
+        }
+        fedprompt_model::WeightDtype::Bf16 => {
+            "bf16 weights (fast mode without AMX: weights widened to f32, f32 products)"
+        }
+    }
+}
+
 /// One seed's results from its runs' outcomes (taken from `outcomes` in [`list_jobs`]'s
 /// order). Returns the results and each run's seconds.
 fn seed_results(
@@ -433,6 +448,10 @@ fn seed_results(
     meta.insert("eval examples".into(), results::counts(&data.eval));
     meta.insert("labels".into(), data.labels.names().join(", "));
     meta.insert(
+        "backbone".into(),
+        backbone_note(seed.ctx.backbone.dtype()).into(),
+    );
+    meta.insert(
         "max tokens".into(),
         format!("{} (+ virtual tokens)", seed.max_len),
     );
@@ -461,6 +480,77 @@ pub(crate) fn check_data(cfg: &ExperimentConfig, data: &crate::data::ExperimentD
         }
     }
     Ok(())
+}
+
+/// Records the experiment (the file as parsed, with any flag's override such as `--dtype`)
+/// beside its checkpoints, in `checkpoints/experiment.json`; on `--resume` first compares it
+/// with the one recorded, so that a resumed experiment never mixes in runs of another file or
+/// other flags. Checkpoints without a record (written before this check existed) are taken as
+/// they are.
+fn pin_experiment(ckpt_root: &Path, cfg: &ExperimentConfig, resume: bool) -> Result<()> {
+    let path = ckpt_root.join("experiment.json");
+    let now = serde_json::to_value(cfg).expect("serialisable");
+    if resume && path.is_file() {
+        let before: serde_json::Value = read_json(&path)?;
+        let mut differ = Vec::new();
+        json_differences(&before, &now, String::new(), &mut differ);
+        if !differ.is_empty() {
+            let shown = differ
+                .iter()
+                .take(6)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            let more = differ.len().saturating_sub(6);
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            return Err(SimError::Resume {
+                path,
+                msg: format!(
+                    "its checkpoints were made by another experiment (it differs in {shown}{more}). \
+                     Resume with the same file and flags, or run without --resume to start afresh \
+                     (that deletes these checkpoints)"
+                ),
+            });
+        }
+    }
+    std::fs::create_dir_all(ckpt_root).map_err(|e| io_err(ckpt_root, e))?;
+    write_json(&path, cfg)
+}
+
+/// The dotted paths (e.g. `model.dtype`) where two JSON values differ.
+fn json_differences(
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    at: String,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let path = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                match (x.get(k), y.get(k)) {
+                    (Some(va), Some(vb)) => json_differences(va, vb, path, out),
+                    _ => out.push(path),
+                }
+            }
+        }
+        _ if a != b => out.push(if at.is_empty() {
+            "the whole file".into()
+        } else {
+            at
+        }),
+        _ => {}
+    }
 }
 
 /// Whether a results folder's checkpoints let `resume` continue (for messages).

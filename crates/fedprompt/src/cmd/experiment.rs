@@ -10,6 +10,7 @@ use crate::common::Globals;
 const AFTER_HELP: &str = "\
 Examples:
   fedprompt experiment experiments/demo.toml             # the demo: minutes on 2 cores
+  fedprompt experiment experiments/demo.toml --dtype f32 # the demo in exact mode
   fedprompt experiment experiments/paper-nc.toml --resume
   fedprompt experiment my.toml --output results/try2
 
@@ -42,11 +43,19 @@ pub struct Args {
     /// threads (less memory: each run holds its own activations).
     #[arg(short, long, value_name = "N")]
     pub jobs: Option<std::num::NonZeroUsize>,
+    /// Overrides the file's `[model] dtype`: f32 (exact mode) or bf16 (fast mode: the frozen
+    /// backbone's matrices in bf16, bf16 products with f32 sums on CPUs with AMX). The results
+    /// name the one used (`backbone` in tables.md).
+    #[arg(long, value_name = "DTYPE")]
+    pub dtype: Option<fedprompt_model::WeightDtype>,
 }
 
 /// Runs the command.
 pub fn run(args: Args, g: &Globals) -> anyhow::Result<()> {
-    let cfg = ExperimentConfig::from_file(&args.file)?;
+    let mut cfg = ExperimentConfig::from_file(&args.file)?;
+    if let Some(dtype) = args.dtype {
+        cfg.model.dtype = dtype;
+    }
     if args.check {
         let report = fedprompt_sim::check_experiment(&cfg)
             .with_context(|| format!("checking {}", args.file.display()))?;
