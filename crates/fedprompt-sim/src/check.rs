@@ -113,11 +113,12 @@ pub fn check_experiment(cfg: &ExperimentConfig) -> Result<String> {
     check_data(cfg, &data)?;
     let seeds = cfg.run_seeds();
     let mut head = format!(
-        "{}: model {} ({} layers, hidden {}), {} text tokens + virtual tokens; seeds {:?}\n",
+        "{}: model {} ({} layers, hidden {}; {}), {} text tokens + virtual tokens; seeds {:?}\n",
         cfg.name,
         backbone.folder().display(),
         backbone.config().num_hidden_layers,
         backbone.config().hidden_size,
+        crate::run::backbone_note(backbone.dtype()),
         max_len,
         seeds
     );

@@ -538,6 +538,8 @@ fn check_loads_the_data_and_fails_on_a_missing_file() {
     assert!(report.contains("| sport | 8 | 8 | 8 | 24 |"), "{report}");
     assert!(report.contains("| money | 4 | 4 | 4 | 12 |"), "{report}");
     assert!(report.contains("clients of sizes [16, 16, 16]"), "{report}");
+    // The backbone's float type, and so which numbers the runs will compute.
+    assert!(report.contains("f32 weights (exact mode)"), "{report}");
     let bad = parse(&experiment(dir.path(), "").replace("eval.jsonl", "missing.jsonl")).unwrap();
     let e = fedprompt_sim::check_experiment(&bad)
         .unwrap_err()

@@ -381,7 +381,7 @@ fn list_jobs(seeds: &[Seed<'_>]) -> Vec<Job> {
 
 /// How the frozen backbone computed: its weights' float type and, for bf16, the product path
 /// this CPU took (the numbers differ between the two paths at bf16 rounding level).
-fn backbone_note(dtype: fedprompt_model::WeightDtype) -> &'static str {
+pub(crate) fn backbone_note(dtype: fedprompt_model::WeightDtype) -> &'static str {
     match dtype {
         fedprompt_model::WeightDtype::F32 => "f32 weights (exact mode)",
         fedprompt_model::WeightDtype::Bf16 if fedprompt_model::ops::bf16::amx_enabled() => {
