@@ -518,7 +518,7 @@ fn pin_experiment(ckpt_root: &Path, cfg: &ExperimentConfig, resume: bool) -> Res
         }
     }
     std::fs::create_dir_all(ckpt_root).map_err(|e| io_err(ckpt_root, e))?;
-    write_json(&path, cfg)
+    write_json(&path, &now)
 }
 
 /// The dotted paths (e.g. `model.dtype`) where two JSON values differ.
